@@ -1,0 +1,99 @@
+"""`HomotopyScheduler`: the callback that anneals L during `fit`."""
+
+import copy
+
+import keras
+
+from keras_hta import schedules as schedules_lib
+
+UPDATES = ("epoch", "batch")
+
+
+class HomotopyScheduler(keras.callbacks.Callback):
+    """Sets a `HomotopyModel`'s homotopy parameter L from a schedule.
+
+    With `update="epoch"` (default) L is set at the start of every epoch to
+    `schedule(position)`, where `position` counts the model's HTA epochs:
+    it is kept in the model (`model.homotopy_epoch`, saved with it), so a
+    run resumed from a saved model or a `BackupAndRestore` checkpoint goes
+    on with the schedule instead of restarting it. With `update="batch"`
+    L is set before every batch to `schedule(optimizer.iterations)`.
+
+    L is written to the model's variable `model.homotopy_l` (nothing is
+    retraced) and logged as `homotopy_l` at the end of every epoch, so it
+    lands in `History` and TensorBoard.
+
+    Args:
+        schedule: A `keras_hta.schedules` object, any callable
+            `position -> L`, or a number (a constant L).
+        update: String, `"epoch"` or `"batch"`.
+        verbose: Integer. 0: quiet, 1: print L when it changes.
+
+    Raises:
+        ValueError: for an unknown `update`, or when the schedule gives
+            L <= 0, NaN or inf (checked before the epoch or batch it
+            would apply to, so the first value is checked before training).
+        TypeError: when used on a model that is not a `HomotopyModel`.
+
+    Example:
+
+    ```python
+    schedule = keras_hta.schedules.Linear(0.01, 0.005, -0.001, epochs_per_value=4)
+    model.fit(x, y, epochs=24, callbacks=[keras_hta.HomotopyScheduler(schedule)])
+    ```
+    """
+
+    def __init__(self, schedule, update="epoch", verbose=0):
+        super().__init__()
+        if update not in UPDATES:
+            raise ValueError(
+                f"Argument `update` must be one of {UPDATES}. Received: update={update!r}"
+            )
+        self.schedule = schedules_lib.get(schedule)
+        self.update = update
+        self.verbose = verbose
+        self._offset = None
+
+    def __deepcopy__(self, memo):
+        # keras-tuner deep-copies callbacks per trial: copy the settings,
+        # never the model this instance may be attached to.
+        return type(self)(copy.deepcopy(self.schedule, memo), self.update, self.verbose)
+
+    def _set_l(self, position, where):
+        value = self.schedule(position)
+        try:
+            value = schedules_lib.validate_l(value, "schedule")
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{error} (at {where} {position})") from None
+        if self.verbose and value != float(self.model.homotopy_l.numpy()):
+            print(f"\n{where.capitalize()} {position}: HomotopyScheduler setting L to {value:g}.")
+        if value != float(self.model.homotopy_l.numpy()):
+            self.model.check_stability(value)
+        self.model.homotopy_l.assign(value)
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self.model, "homotopy_l"):
+            raise TypeError(
+                "HomotopyScheduler needs a keras_hta.HomotopyModel. Received: "
+                f"model of type {type(self.model).__name__}"
+            )
+        self._offset = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._offset is None:
+            # Resuming: the model may have run more HTA epochs than this
+            # fit() call counts (e.g. fit() again after load_model()).
+            self._offset = max(0, int(self.model.homotopy_epoch.numpy()) - epoch)
+        position = epoch + self._offset
+        self.model.homotopy_epoch.assign(position)
+        if self.update == "epoch":
+            self._set_l(position, "epoch")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.update == "batch":
+            self._set_l(int(self.model.optimizer.iterations.numpy()), "step")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.homotopy_epoch.assign(epoch + self._offset + 1)
+        if logs is not None:
+            logs["homotopy_l"] = float(self.model.homotopy_l.numpy())

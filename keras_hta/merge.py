@@ -1,0 +1,120 @@
+"""Turning a trained `HomotopyModel` back into a plain Keras model."""
+
+import numpy as np
+
+import keras
+
+HOWS = ("theta", "eta", "average")
+
+
+def _select_weights(model, how):
+    nets = model.nets
+    if how == "theta":
+        return nets[0].get_weights()
+    if how == "eta":
+        return nets[1].get_weights()
+    if how == "average":
+        per_net = [net.get_weights() for net in nets]
+        return [np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*per_net)]
+    if isinstance(how, int) and not isinstance(how, bool) and 0 <= how < len(nets):
+        return nets[how].get_weights()
+    raise ValueError(
+        f"Argument `how` must be one of {HOWS} or a twin index in "
+        f"[0, {len(nets)}). Received: how={how!r}"
+    )
+
+
+def _clone_with_input_names(network):
+    """clone_model, keeping the input layers' names (the serving signature)."""
+    try:
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(
+                batch_shape=t.shape, dtype=t.dtype,
+                name=t._keras_history.operation.name,
+            ),
+            network.input,
+        )
+    except (AttributeError, TypeError):  # no symbolic inputs: plain clone
+        return keras.models.clone_model(network)
+    return keras.models.clone_model(network, input_tensors=inputs)
+
+
+def merge(model, how="theta", recompute_bn=None, steps=None):
+    """Returns a plain Keras model with one twin's (or the averaged) weights.
+
+    The result is a clone of the wrapped network with no twin, anchor or L
+    state: save it, `export` it as a SavedModel, or fine-tune it as usual.
+
+    Args:
+        model: A `keras_hta.HomotopyModel`.
+        how: `"theta"` (default, the weights `predict` uses), `"eta"`, an
+            integer twin index, or `"average"` (the mean of all twins,
+            BatchNorm statistics included).
+        recompute_bn: A dataset (or iterable) of batches `x` or `(x, y, ...)`
+            to recompute BatchNorm moving statistics from, which averaged
+            weights invalidate; see `keras_hta.recompute_batchnorm`.
+        steps: Integer or `None`, batches to use from `recompute_bn`.
+
+    Returns:
+        A `keras.Model` of the same architecture and layer names.
+
+    Example:
+
+    ```python
+    plain = keras_hta.merge(model)
+    plain.export("served_model")  # TF SavedModel with a `serve` endpoint
+    ```
+    """
+    if not hasattr(model, "nets"):
+        raise TypeError(
+            "Argument `model` must be a keras_hta.HomotopyModel. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    weights = _select_weights(model, how)
+    plain = _clone_with_input_names(model.network)
+    plain.set_weights(weights)
+    if recompute_bn is not None:
+        recompute_batchnorm(plain, recompute_bn, steps=steps)
+    return plain
+
+
+def recompute_batchnorm(model, data, steps=None):
+    """Sets every BatchNorm layer's moving statistics from data.
+
+    Runs the model in training mode over the batches of `data` and sets
+    each BatchNormalization layer's moving mean and variance to the mean
+    of the per-batch statistics ("precise BN"). Nothing else changes.
+
+    Args:
+        model: A `keras.Model`.
+        data: A `tf.data.Dataset` or iterable of `x` or `(x, y, ...)`.
+        steps: Integer or `None` (all of `data`), batches to use.
+
+    Returns:
+        The number of batches used.
+    """
+    layers = [
+        l for l in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(l, keras.layers.BatchNormalization)
+    ]
+    if not layers:
+        return 0
+    saved = [(l.momentum, l.trainable) for l in layers]
+    count = 0
+    try:
+        for layer in layers:
+            layer.trainable = True  # a frozen BN would ignore training=True
+        for batch in data:
+            if steps is not None and count >= steps:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            count += 1
+            for layer in layers:  # running mean: moving = mean of batches 1..count
+                layer.momentum = 1.0 - 1.0 / count
+            model(x, training=True)
+    finally:
+        for layer, (momentum, trainable) in zip(layers, saved):
+            layer.momentum, layer.trainable = momentum, trainable
+    if count == 0:
+        raise ValueError("Argument `data` of recompute_batchnorm gave no batch.")
+    return count

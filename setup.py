@@ -1,0 +1,42 @@
+"""keras-hta: the Homotopy Training Algorithm for Keras 3."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+here = pathlib.Path(__file__).parent
+version = re.search(r'__version__ = "([^"]+)"', (here / "keras_hta" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="keras-hta",
+    version=version,
+    description="The Homotopy Training Algorithm (HTA) as a drop-in for Keras 3 model.fit",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["keras_hta", "keras_hta.*"]),
+    python_requires=">=3.10",
+    # TensorFlow comes through an extra so CPU-only machines can take the
+    # smaller tensorflow-cpu wheel: pip install "keras-hta[tensorflow]" or "[cpu]".
+    install_requires=[
+        "keras>=3.10",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.7",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",  # tfds imports it and does not declare it
+        "keras-tuner>=1.4",
+        "tensorboard>=2.16",
+    ],
+    extras_require={
+        "tensorflow": ["tensorflow>=2.16"],
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "test": ["pytest>=7"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)

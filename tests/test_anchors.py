@@ -1,0 +1,31 @@
+"""Anchor resolution."""
+
+import numpy as np
+import pytest
+
+from keras_hta.anchors import resolve_anchor
+from conftest import dense_network
+
+
+def test_zeros_init_callable_and_list():
+    variables = dense_network(hidden=3).trainable_variables
+    for a, v in zip(resolve_anchor("zeros", variables), variables):
+        assert a.shape == tuple(v.shape) and not a.any()
+    for a, v in zip(resolve_anchor("init", variables), variables):
+        np.testing.assert_array_equal(a, v.numpy())
+    twice = resolve_anchor(lambda v: 2 * v.numpy(), variables)
+    np.testing.assert_array_equal(twice[0], 2 * variables[0].numpy())
+    given = [np.full(v.shape, 3.0) for v in variables]
+    np.testing.assert_array_equal(resolve_anchor(given, variables)[1], given[1])
+
+
+def test_errors_name_the_argument():
+    variables = dense_network().trainable_variables
+    with pytest.raises(ValueError, match="anchor='ones'"):
+        resolve_anchor("ones", variables)
+    with pytest.raises(ValueError, match="Received: 1 arrays"):
+        resolve_anchor([np.zeros(1)], variables)
+    with pytest.raises(ValueError, match=r"shape \(7,\)"):
+        resolve_anchor(lambda v: np.zeros(7), variables)
+    with pytest.raises(TypeError, match="anchor=3"):
+        resolve_anchor(3, variables)

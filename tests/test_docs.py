@@ -1,0 +1,35 @@
+"""The README's quickstart and the examples run as written."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(code_or_file, tmp_path, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    args = [sys.executable, str(code_or_file)] if isinstance(code_or_file, pathlib.Path) else [sys.executable, "-c", code_or_file]
+    out = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_readme_quickstart_runs(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 20
+    out = _run(code, tmp_path)
+    values = [float(v) for v in re.findall(r"[\d.]+", out.splitlines()[-1])]
+    assert values == pytest.approx([0.1, 0.1, 0.08, 0.08, 0.06, 0.06, 0.04, 0.04, 0.02, 0.02], rel=1e-6)
+    assert (tmp_path / "served_model" / "saved_model.pb").exists()
+
+
+def test_quickstart_example_runs(tmp_path):
+    out = _run(ROOT / "examples" / "quickstart.py", tmp_path)
+    assert "validation accuracy" in out

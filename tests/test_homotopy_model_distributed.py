@@ -1,0 +1,37 @@
+"""HomotopyModel under MirroredStrategy on two logical CPUs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_hta as hta
+from conftest import dense_network, regression_data
+
+
+def _train(strategy, x, y, steps_epochs=3):
+    with strategy.scope():
+        keras.utils.set_random_seed(11)
+        model = hta.HomotopyModel.from_model(
+            dense_network(hidden=8), anchor="zeros", split="random", seed=2, homotopy_l=0.5
+        )
+        model.twins[0].set_weights([w * 1.1 for w in model.twins[0].get_weights()])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    history = model.fit(
+        x, y, batch_size=16, epochs=steps_epochs, shuffle=False, verbose=0,
+        callbacks=[hta.HomotopyScheduler(hta.schedules.Geometric(0.5, 0.1, 0.5))],
+    )
+    return model, history.history
+
+
+def test_two_replicas_equal_one_device():
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs two logical CPU devices (set up in conftest)")
+    x, y = regression_data(n=64)
+    single, h1 = _train(tf.distribute.OneDeviceStrategy("CPU:0"), x, y)
+    mirrored, h2 = _train(tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]), x, y)
+    assert mirrored.distribute_strategy.num_replicas_in_sync == 2
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    for key in ("loss", "f_theta", "f_eta", "anchor_penalty", "coupling", "homotopy_l"):
+        np.testing.assert_allclose(h1[key], h2[key], rtol=1e-5, err_msg=key)

@@ -1,0 +1,92 @@
+"""HomotopyModel persistence: .keras round trips, resumed fit, SavedModel."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras
+import keras_hta as hta
+from conftest import dense_network, regression_data
+
+
+def _build(split="channels"):
+    keras.utils.set_random_seed(7)
+    model = hta.HomotopyModel.from_model(
+        dense_network(hidden=6, batch_norm=True), split=split, anchor="init", homotopy_l=0.5
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", metrics=["mae"])
+    return model
+
+
+def _schedule():
+    return hta.HomotopyScheduler(hta.schedules.Linear(0.5, 0.1, -0.1))
+
+
+def _all_weights(model):
+    return [w.numpy() for w in model.weights]
+
+
+def test_fit_continued_after_reload_equals_uninterrupted_run(tmp_path):
+    x, y = regression_data(n=48)
+    fit = dict(batch_size=16, shuffle=False, verbose=0)
+    reference = _build()
+    ref_history = reference.fit(x, y, epochs=4, callbacks=[_schedule()], **fit)
+
+    model = _build()
+    model.fit(x, y, epochs=2, callbacks=[_schedule()], **fit)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert int(restored.homotopy_epoch.numpy()) == 2
+    history = restored.fit(x, y, epochs=2, callbacks=[_schedule()], **fit)
+
+    np.testing.assert_allclose(history.history["homotopy_l"], ref_history.history["homotopy_l"][2:], rtol=1e-6)
+    assert len(restored.weights) == len(reference.weights)
+    for got, want in zip(_all_weights(restored), _all_weights(reference)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for got, want in zip(restored.optimizer.variables, reference.optimizer.variables):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+
+
+def test_save_right_after_fit_keeps_every_weight(tmp_path):
+    x, y = regression_data()
+    model = _build(split=lambda v: np.arange(np.prod(v.shape)).reshape(v.shape) % 2 == 0)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.split == "custom" and restored.num_groups == 2
+    for got, want in zip(_all_weights(restored), _all_weights(model)):
+        np.testing.assert_array_equal(got, want)  # masks and anchors included
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+    config = restored.get_config()
+    assert keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(restored)
+    ).get_config() == config
+
+
+def test_merged_saved_model_serves_without_keras_hta(tmp_path):
+    x, y = regression_data()
+    model = _build()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    export_dir = str(tmp_path / "served")
+    hta.merge(model).export(export_dir, verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", model.predict(x, verbose=0))
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, tensorflow as tf
+        served = tf.saved_model.load({export_dir!r})
+        got = served.serve(tf.constant(np.load({str(tmp_path / 'x.npy')!r}))).numpy()
+        assert "keras_hta" not in sys.modules
+        print(np.abs(got - np.load({str(tmp_path / 'want.npy')!r})).max())
+        """
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) <= 1e-5

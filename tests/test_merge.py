@@ -1,0 +1,59 @@
+"""merge and recompute_batchnorm."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_hta as hta
+from conftest import dense_network, regression_data
+
+
+def _trained(num_groups=2):
+    x, y = regression_data(n=32)
+    model = hta.HomotopyModel.from_model(
+        dense_network(hidden=6, batch_norm=True), num_groups=num_groups, homotopy_l=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    return model, x
+
+
+def test_merge_theta_eta_and_index():
+    model, x = _trained(num_groups=3)
+    plain = hta.merge(model)
+    assert not isinstance(plain, hta.HomotopyModel)
+    assert len(plain.weights) == len(model.network.weights)
+    assert [l.name for l in plain.layers] == [l.name for l in model.network.layers]
+    np.testing.assert_array_equal(plain.predict(x, verbose=0), model.predict(x, verbose=0))
+    for how, net in (("eta", model.twins[0]), (2, model.twins[1])):
+        for a, b in zip(hta.merge(model, how=how).get_weights(), net.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_merge_average_is_mean_of_twins():
+    model, _ = _trained()
+    avg = hta.merge(model, how="average")
+    for got, a, b in zip(avg.get_weights(), model.network.get_weights(), model.twins[0].get_weights()):
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-6)
+
+
+def test_recompute_bn_sets_mean_of_batch_statistics():
+    model, x = _trained()
+    batches = [x[i : i + 8] for i in range(0, 32, 8)]
+    plain = hta.merge(model, how="average", recompute_bn=tf.data.Dataset.from_tensor_slices(x).batch(8))
+    bn = plain.layers[2]
+    dense = plain.layers[1]
+    h = [dense(b).numpy() for b in batches]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([a.mean(0) for a in h], 0), atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([a.var(0) for a in h], 0), atol=1e-5)
+    assert bn.momentum == 0.99  # restored
+
+
+def test_merge_errors():
+    model, x = _trained()
+    with pytest.raises(ValueError, match="how='median'"):
+        hta.merge(model, how="median")
+    with pytest.raises(TypeError, match="HomotopyModel"):
+        hta.merge(dense_network())
+    with pytest.raises(ValueError, match="no batch"):
+        hta.recompute_batchnorm(hta.merge(model), [])
