@@ -1,5 +1,6 @@
 """`HomotopyModel`: a Keras model trained with the Homotopy Training Algorithm."""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -16,6 +17,18 @@ from keras_hta import splits as splits_lib
 
 def _twin_suffix(k, num_groups):
     return "eta" if num_groups == 2 else f"eta{k}"
+
+
+@contextlib.contextmanager
+def _silenced(trackers):
+    """Keeps Keras' per-output loss trackers from recording a twin's loss."""
+    for tracker in trackers:
+        tracker.update_state = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for tracker in trackers:
+            del tracker.update_state
 
 
 def _clone_twin(network, suffix):
@@ -320,10 +333,15 @@ class HomotopyModel(keras.Model):
         return super().fit(*args, **kwargs)
 
     def _twin_loss(self, net, y, y_pred, sample_weight):
-        """f of one twin: the compiled loss plus that twin's own losses."""
+        """f of one twin: the compiled loss plus that twin's own losses.
+
+        Per-output loss metrics (multi-output models) record θ's losses only.
+        """
         losses = []
         if self._compile_loss is not None:
-            value = self._compile_loss(y, y_pred, sample_weight)
+            trackers = [] if net is self.network else list(self._compile_loss.metrics)
+            with _silenced(trackers):
+                value = self._compile_loss(y, y_pred, sample_weight)
             if value is not None:
                 losses.append(value)
         losses.extend(self._aggregate_additional_loss(l) for l in net.losses)

@@ -263,3 +263,19 @@ def test_stability_warning_matches_real_divergence():
         results[stable] = gap
     assert results[True] < 1e-4      # contracted
     assert not results[False] < 1.0  # grew (or overflowed to inf/nan)
+
+
+def test_per_output_loss_metrics_report_theta_only():
+    x, y = regression_data(n=16)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, activation="tanh")(inputs)
+    outputs = {"a": keras.layers.Dense(2, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)}
+    model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
+    model.twins[0].set_weights([w + 1.0 for w in model.twins[0].get_weights()])  # η predicts differently
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"a": "mse", "b": "mse"})
+    targets = {"a": y[:, :2], "b": y[:, 2:]}
+    history = model.fit(x, targets, batch_size=16, epochs=1, verbose=0)
+    pred = model.network.predict(x, verbose=0)
+    np.testing.assert_allclose(history.history["a_loss"][0], np.mean((pred["a"] - targets["a"]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(history.history["b_loss"][0], np.mean((pred["b"] - targets["b"]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(history.history["f_theta"][0], history.history["a_loss"][0] + history.history["b_loss"][0], rtol=1e-5)
