@@ -28,7 +28,10 @@ setup(
         "importlib_resources",  # tfds imports it and does not declare it
         "keras-tuner>=1.4",
         "tensorboard>=2.16",
+        "mnist1d>=0.0.2",  # generates MNIST-1D locally: the offline default data set
+        "requests",  # mnist1d imports it
     ],
+    entry_points={"console_scripts": ["keras-hta = keras_hta.cli:main"]},
     extras_require={
         "tensorflow": ["tensorflow>=2.16"],
         "cpu": ["tensorflow-cpu>=2.16"],

@@ -33,3 +33,20 @@ def test_readme_quickstart_runs(tmp_path):
 def test_quickstart_example_runs(tmp_path):
     out = _run(ROOT / "examples" / "quickstart.py", tmp_path)
     assert "validation accuracy" in out
+
+
+def test_nonconvex_example_runs(tmp_path):
+    out = _run(ROOT / "examples" / "nonconvex.py", tmp_path)
+    assert "BFGS reaches x = 1 from 24" in out
+
+
+def test_cifar10_example_runs_on_a_small_folder(tmp_path):
+    from test_data import make_folder
+
+    make_folder(tmp_path / "images", per_class=4, size=32)
+    env_args = ["--data-dir", str(tmp_path / "images"), "--epochs", "1", "--width", "0.0625", "--batch-size", "4"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "cifar10_vgg.py")] + env_args,
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test accuracy SGD" in out.stdout

@@ -1,0 +1,118 @@
+"""The `keras-hta` command line: `keras-hta nonconvex`, `keras-hta compare`."""
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+
+
+def _anchor(text):
+    if text in ("zeros", "init"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"anchor must be 'zeros', 'init' or a number, got {text!r}") from None
+
+
+def _nonconvex_parser(sub):
+    p = sub.add_parser(
+        "nonconvex",
+        help="Table 1: global minima found by BFGS and by the homotopy quasi-Newton method",
+        description="The paper's non-convex benchmark (eq. 33, Table 1).",
+    )
+    p.add_argument("--n", type=int, nargs="+", default=[2, 4, 6], help="dimensions (default: 2 4 6)")
+    p.add_argument("--anchors", type=_anchor, nargs="+", default=["zeros", "init"],
+                   help="homotopy anchors: zeros, init or a number c (anchor c*1); default: zeros init")
+    p.add_argument("--grid", type=float, nargs="+", help="start grid per coordinate (default: the paper's)")
+    p.add_argument("--L-start", type=float, default=0.9)
+    p.add_argument("--L-stop", type=float, default=0.1)
+    p.add_argument("--L-step", type=float, default=-0.1)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--plot", help="draw Figure 1 (n=2, with solver paths) to this PNG file")
+    p.set_defaults(func=run_nonconvex)
+
+
+def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
+    done = 0
+    for method, anchor in arms:
+        t = time.perf_counter()
+        ok = nonconvex.count_global_minima(
+            starts, method, schedule, anchor, workers=workers,
+            progress=lambda k, base=done: bar.update(base + k),
+        )
+        done += len(starts)
+        key = "bfgs" if method == "bfgs" else f"homotopy_{anchor}"
+        row[key] = int(ok.sum())
+        row[f"{key}_seconds"] = round(time.perf_counter() - t, 2)
+    bar.update(done, finalize=True)
+
+
+def run_nonconvex(args):
+    import keras
+
+    from keras_hta import nonconvex, schedules
+
+    schedule = schedules.Linear(args.L_start, args.L_stop, args.L_step)
+    rows = []
+    for n in args.n:
+        starts = nonconvex.paper_starts(n, args.grid)
+        row = {"n": n, "starts": len(starts), "grid": sorted(set(starts[:, 0].tolist()))}
+        arms = [("bfgs", None)] + [("homotopy", a) for a in args.anchors]
+        bar = keras.utils.Progbar(len(starts) * len(arms), stateful_metrics=None)
+        print(f"n={n}: {len(starts)} starts x {len(arms)} solvers", file=sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr):  # progress on stderr, table on stdout
+            _run_arms(nonconvex, starts, arms, schedule, args.workers, bar, row)
+        paper = nonconvex.PAPER_TABLE1.get(n) if args.grid is None else None
+        row["paper_bfgs"] = paper["bfgs"] if paper else None
+        row["paper_homotopy"] = paper["homotopy"] if paper else None
+        rows.append(row)
+
+    anchors = [f"homotopy_{a}" for a in args.anchors]
+    header = ["n", "starts", "BFGS", "BFGS (paper)"] + [f"homotopy, anchor={a}" for a in args.anchors] + ["homotopy (paper)", "wall s"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        wall = sum(v for k, v in r.items() if k.endswith("_seconds"))
+        cells = [r["n"], r["starts"], r["bfgs"], r["paper_bfgs"] or "-"] + [r[a] for a in anchors] + [r["paper_homotopy"] or "-", f"{wall:.1f}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print(f"\nsuccess: ||x - 1||_inf < {nonconvex.SUCCESS_TOL}; L schedule {schedule}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"schedule": schedule.get_config(), "rows": rows}, f, indent=2)
+    if args.plot:
+        from keras_hta.plots import plot_nonconvex
+
+        print("wrote", plot_nonconvex(args.plot, schedule=schedule, anchor=args.anchors[0]))
+    return rows
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="keras-hta", description="The Homotopy Training Algorithm for Keras.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _nonconvex_parser(sub)
+    try:
+        from keras_hta.compare import add_compare_parser
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_compare_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from keras_hta.data import DataUnavailableError
+
+    try:
+        args.func(args)
+    except (DataUnavailableError, ValueError, TypeError) as error:
+        parser.exit(2, f"keras-hta {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""`keras-hta compare`: SGD against HTA with every ordinary hyperparameter equal.
+
+For each seed both arms start from the same initial weights and see the same
+data order, optimizer, learning rate, momentum, weight decay, batch size,
+epochs and augmentation; HTA only adds its twins and the L schedule. Results
+are written run by run to `results.json` (a rerun skips finished runs), then
+summarised in `results.md` (the paper's Table 2 and Table 3 formats) and
+`val_error.png` (Figure 2).
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+ARMS = ("sgd", "hta")
+
+
+def add_compare_parser(sub):
+    p = sub.add_parser(
+        "compare",
+        help="train plain SGD and HTA with identical hyperparameters and compare",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--dataset", choices=["mnist1d", "cifar10"], default="mnist1d",
+                   help="mnist1d (default, generated locally) or cifar10 (tensorflow_datasets)")
+    p.add_argument("--data-dir", help="image folder or .tar.gz with train/<class>/* and test/<class>/* (CIFAR-10 layout)")
+    p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir for --dataset cifar10")
+    p.add_argument("--model", choices=["vgg11", "vgg13", "vgg16", "vgg19", "cnn1d", "mlp"],
+                   help="default: cnn1d for mnist1d, vgg11 for images")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--epochs", type=int, default=24, help="default 24 (the paper's 6 L values x 4 epochs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--L-start", type=float, default=0.01)
+    p.add_argument("--L-stop", type=float, default=0.005)
+    p.add_argument("--L-step", type=float, default=-0.001)
+    p.add_argument("--epochs-per-L", type=int, default=4)
+    p.add_argument("--norm", choices=["squared", "l2"], default="l2",
+                   help="l2 (default: the authors' code; stable at the paper's L) or squared (the paper's formula)")
+    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels")
+    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros")
+    p.add_argument("--train-size", type=int, help="use only this many training examples")
+    p.add_argument("--test-size", type=int, help="use only this many test examples")
+    p.add_argument("--out", default="compare_results", help="output folder (default compare_results)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
+    p.set_defaults(func=run_compare)
+
+
+def _config(args):
+    model = args.model or ("cnn1d" if args.dataset == "mnist1d" and not args.data_dir else "vgg11")
+    dataset = "folder:" + os.path.abspath(args.data_dir) if args.data_dir else args.dataset
+    keys = ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "L_start",
+            "L_stop", "L_step", "epochs_per_L", "norm", "split", "anchor", "train_size", "test_size")
+    config = {"dataset": dataset, "model": model, **{k: getattr(args, k) for k in keys}}
+    for name in ("epochs", "batch_size", "epochs_per_L"):
+        if config[name] < 1:
+            raise ValueError(f"Argument `--{name.replace('_', '-')}` must be >= 1. Received: {config[name]}")
+    return config
+
+
+def _load(config, tfds_dir=None):
+    from keras_hta import data
+
+    if config["dataset"].startswith("folder:"):
+        d = data.load_image_folder(config["dataset"][len("folder:"):])
+    elif config["dataset"] == "cifar10":
+        d = data.load_cifar10_tfds(tfds_dir)
+    else:
+        d = data.load_mnist1d()
+    for split, size in (("train", config["train_size"]), ("test", config["test_size"])):
+        if size:
+            d[f"x_{split}"], d[f"y_{split}"] = d[f"x_{split}"][:size], d[f"y_{split}"][:size]
+    return d
+
+
+def _pipelines(d, config, seed):
+    from keras_hta import data
+
+    bs = config["batch_size"]
+    if d["x_train"].dtype == np.uint8:  # images: the paper's augmentation
+        mean, std = data.channel_stats(d["x_train"])
+        train = data.image_pipeline(d["x_train"], d["y_train"], bs, True, mean, std, seed=seed)
+        test = data.image_pipeline(d["x_test"], d["y_test"], bs, False, mean, std)
+        return train, test, d["x_train"].shape[1:]
+    x_train, x_test = d["x_train"], d["x_test"]
+    if config["model"] != "mlp":
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    train = data.array_pipeline(x_train, d["y_train"], bs, True, seed=seed)
+    test = data.array_pipeline(x_test, d["y_test"], bs, False)
+    return train, test, x_train.shape[1:]
+
+
+def _strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def train_one(config, arm, seed, d, verbose=0):
+    """Trains one arm for one seed; returns its result record."""
+    import keras
+
+    import keras_hta as hta
+    from keras_hta import models
+
+    train, test, shape = _pipelines(d, config, seed)
+    steps = int(np.ceil(len(d["y_train"]) / config["batch_size"])) * config["epochs"]
+    lr = config["lr"]
+    if config["lr_schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config["lr"], steps)
+    strategy = _strategy()
+    with strategy.scope():
+        keras.utils.set_random_seed(seed)  # same initial weights for both arms
+        network = models.get(config["model"], config["width"], len(d["class_names"]), shape)
+        model = network
+        callbacks = []
+        if arm == "hta":
+            model = hta.HomotopyModel.from_model(
+                network, split=config["split"], anchor=config["anchor"], norm=config["norm"],
+                homotopy_l=config["L_start"], seed=seed,
+            )
+            schedule = hta.schedules.Linear(config["L_start"], config["L_stop"], config["L_step"], config["epochs_per_L"])
+            callbacks.append(hta.HomotopyScheduler(schedule))
+        model.compile(
+            optimizer=keras.optimizers.SGD(lr, momentum=config["momentum"], weight_decay=config["weight_decay"] or None),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    start = time.perf_counter()
+    history = model.fit(train, validation_data=test, epochs=config["epochs"], callbacks=callbacks, verbose=verbose)
+    h = history.history
+    val_error = [100.0 * (1.0 - a) for a in h["val_accuracy"]]
+    return {
+        "arm": arm, "seed": seed, "val_error": val_error, "final_error": val_error[-1],
+        "best_error": min(val_error), "train_loss": h["loss"] if arm == "sgd" else h["f_theta"],
+        "homotopy_l": h.get("homotopy_l"), "seconds": round(time.perf_counter() - start, 2),
+        "finite": bool(np.all(np.isfinite(h["loss"]))),
+    }
+
+
+def summarize(runs):
+    """Per arm: mean, std, max accuracy and mean/min error over seeds (final epoch)."""
+    summary = {}
+    for arm in ARMS:
+        errors = np.array([r["final_error"] for r in runs if r["arm"] == arm])
+        if len(errors):
+            acc = 100.0 - errors
+            summary[arm] = {"seeds": len(errors), "error_mean": float(errors.mean()), "error_std": float(errors.std()),
+                            "error_min": float(errors.min()), "acc_mean": float(acc.mean()),
+                            "acc_std": float(acc.std()), "acc_max": float(acc.max())}
+    if "sgd" in summary and "hta" in summary and summary["sgd"]["error_mean"] > 0:
+        base, new = summary["sgd"]["error_mean"], summary["hta"]["error_mean"]
+        summary["roi_percent"] = 100.0 * (base - new) / base
+    return summary
+
+
+def markdown(config, summary, command):
+    name = config["model"] + (f" (width {config['width']:g})" if config["width"] != 1 else "")
+    s, h = summary.get("sgd"), summary.get("hta")
+    lines = [f"Command: `{command}`", "", f"Data: {config['dataset']}; {config['epochs']} epochs; "
+             f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs each; "
+             f"norm={config['norm']}, split={config['split']}, anchor={config['anchor']}", "",
+             "Table 2 format (final-epoch test error, mean over seeds):", "",
+             "| Model | Original error rate | Error rate with HTA | Rate of improvement |", "|---|---|---|---|"]
+    if s and h:
+        lines.append(f"| {name} | {s['error_mean']:.2f}% | {h['error_mean']:.2f}% | {summary['roi_percent']:.2f}% |")
+    lines += ["", "Table 3 format (test accuracy over seeds):", "",
+              "| Model | Method | seeds | mean | stddev | max |", "|---|---|---|---|---|---|"]
+    for arm, label in (("sgd", "SGD"), ("hta", "HTA")):
+        if arm in summary:
+            a = summary[arm]
+            lines.append(f"| {name} | {label} | {a['seeds']} | {a['acc_mean']:.2f}% | {a['acc_std']:.2f}% | {a['acc_max']:.2f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(args, command=None):
+    import sys
+
+    from keras_hta.plots import plot_error_curves
+
+    config = _config(args)
+    command = command or "keras-hta " + " ".join(sys.argv[1:])
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "results.json")
+    runs = []
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("config") == config:
+            runs = saved["runs"]
+            print(f"Resuming: {len(runs)} finished run(s) in {path}")
+    d = _load(config, args.tfds_dir)
+    for seed in args.seeds:
+        for arm in ARMS:
+            if any(r["arm"] == arm and r["seed"] == seed for r in runs):
+                continue
+            print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==")
+            runs.append(train_one(config, arm, seed, d, args.verbose))
+            with open(path, "w") as f:  # saved run by run
+                json.dump({"config": config, "command": command, "runs": runs}, f, indent=1)
+    runs = [r for r in runs if r["seed"] in args.seeds]
+    summary = summarize(runs)
+    with open(path, "w") as f:
+        json.dump({"config": config, "command": command, "runs": runs, "summary": summary}, f, indent=1)
+    table = markdown(config, summary, command)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    curves = {arm.upper(): [r["val_error"] for r in runs if r["arm"] == arm] for arm in ARMS}
+    l_values = next((r["homotopy_l"] for r in runs if r["arm"] == "hta"), None)
+    plot_error_curves(os.path.join(args.out, "val_error.png"), curves, l_values,
+                      title=f"{config['model']} on {os.path.basename(config['dataset'])}: SGD vs HTA")
+    print("\n" + table)
+    print(f"Wrote {path}, results.md and val_error.png in {args.out}")
+    return {"config": config, "runs": runs, "summary": summary}

@@ -1,0 +1,238 @@
+"""Data: CIFAR-10 (tfds or an image folder / .tar.gz) and MNIST-1D, as tf.data.
+
+Images get the paper's preprocessing: random horizontal flip and random crop
+(pad 4) for training, per-channel normalisation for both splits. Decoded
+images are kept in memory (and cached as .npy beside an extracted folder), so
+each epoch only augments.
+"""
+
+import hashlib
+import os
+import pathlib
+import tarfile
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataUnavailableError(RuntimeError):
+    """A data set could not be loaded (for instance, no download possible)."""
+
+
+def _extract(archive, cache_dir=None):
+    archive = pathlib.Path(archive)
+    stat = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    root = pathlib.Path(cache_dir or os.path.join(os.path.expanduser("~"), ".keras", "keras_hta"))
+    target = root / f"{archive.name.split('.')[0]}-{key}"
+    if not (target / ".complete").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise ValueError(f"Could not extract the archive {archive}: {error}") from None
+        (target / ".complete").write_text("ok")
+    # The archive may hold the splits at its top or inside one folder.
+    if not (target / "train").is_dir():
+        inner = [p for p in target.iterdir() if p.is_dir() and (p / "train").is_dir()]
+        if inner:
+            return inner[0]
+    return target
+
+
+def _list_split(split_dir, class_names=None):
+    if not split_dir.is_dir():
+        raise ValueError(f"Missing folder {split_dir}: expected <root>/{split_dir.name}/<class>/<image>")
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    class_names = class_names or found
+    if found != list(class_names):
+        raise ValueError(f"Folder {split_dir} has classes {found}, expected {list(class_names)}")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += [str(p) for p in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}")
+    return paths, np.array(labels, "int32"), list(class_names)
+
+
+def _decode_all(paths, image_size):
+    """Decodes every file in tf.data (no Python loop per image); names bad files."""
+    h, w = image_size
+
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.ensure_shape(image, (h, w, 3)), path
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors().batch(4096)
+    images, decoded = [], []
+    for batch, batch_paths in ds:
+        images.append(batch.numpy())
+        decoded.append(batch_paths.numpy())
+    decoded = {p.decode() for chunk in decoded for p in chunk}
+    bad = [p for p in paths if p not in decoded]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} file(s) could not be read as {h}x{w} RGB images, e.g. {bad[:3]}"
+        )
+    return np.concatenate(images)
+
+
+def load_image_folder(path, image_size=(32, 32), cache_dir=None):
+    """Loads an image-folder tree `train/<class>/*`, `test/<class>/*` (or its .tar.gz).
+
+    Classes are the sorted folder names (CIFAR-10's label order for the
+    shared tarball). Decoded arrays are cached as .npy files in the folder.
+
+    Args:
+        path: String, the folder or a `.tar.gz` / `.tar` archive of it.
+        image_size: Tuple (height, width) every image must have.
+        cache_dir: String or `None`: where archives are extracted
+            (default `~/.keras/keras_hta`).
+
+    Returns:
+        A dict with `x_train` (uint8, N×H×W×3), `y_train` (int32),
+        `x_test`, `y_test` and `class_names`.
+
+    Raises:
+        ValueError: a missing folder or split, mismatched classes, or files
+            that do not decode (named in the message).
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ValueError(f"Argument `data_dir` does not exist. Received: data_dir={str(path)!r}")
+    root = _extract(path, cache_dir) if path.is_file() else path
+    train_paths, y_train, class_names = _list_split(root / "train")
+    test_paths, y_test, _ = _list_split(root / "test", class_names)
+    result = {"class_names": class_names, "y_train": y_train, "y_test": y_test}
+    for split, paths in (("train", train_paths), ("test", test_paths)):
+        cache = root / f".keras_hta_{split}_{image_size[0]}x{image_size[1]}_{len(paths)}.npy"
+        if cache.exists():
+            result[f"x_{split}"] = np.load(cache)
+        else:
+            result[f"x_{split}"] = _decode_all(paths, image_size)
+            try:
+                np.save(cache, result[f"x_{split}"])
+            except OSError:  # read-only folder: no cache
+                pass
+    return result
+
+
+def _to_arrays(ds):
+    xs, ys = [], []
+    for x, y in ds.batch(8192).prefetch(2):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+CIFAR10_HOST = "www.cs.toronto.edu"
+
+
+def _reachable(host, port=443, timeout=5.0):
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_cifar10_tfds(data_dir=None):
+    """CIFAR-10 through `tensorflow_datasets`, as uint8 arrays.
+
+    Uses a prepared copy in `data_dir` if there is one; otherwise downloads
+    it, after checking within 5 seconds that the source can be reached.
+
+    Raises:
+        DataUnavailableError: when tfds cannot provide it (e.g. offline),
+            with a one-line hint to use an image folder instead.
+    """
+    import tensorflow_datasets as tfds
+
+    def fail(reason):
+        return DataUnavailableError(
+            f"CIFAR-10 could not be loaded with tensorflow_datasets ({reason}). Offline? Pass "
+            "--data-dir PATH to an image folder or .tar.gz with train/<class>/*.jpg and test/<class>/*.jpg."
+        )
+
+    kwargs = dict(split=["train", "test"], as_supervised=True, data_dir=data_dir)
+    try:
+        train, test = tfds.load("cifar10", download=False, **kwargs)
+    except Exception:  # not prepared yet
+        if not _reachable(CIFAR10_HOST):
+            raise fail(f"not prepared in data_dir={data_dir!r} and {CIFAR10_HOST} cannot be reached") from None
+        try:
+            train, test = tfds.load("cifar10", **kwargs)
+        except Exception as error:  # tfds raises many kinds when offline
+            raise fail(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from None
+    (x_train, y_train), (x_test, y_test) = _to_arrays(train), _to_arrays(test)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return {"x_train": x_train, "y_train": y_train.astype("int32"), "x_test": x_test,
+            "y_test": y_test.astype("int32"), "class_names": names}
+
+
+def load_mnist1d(num_samples=5000, seed=42):
+    """MNIST-1D (Greydanus 2020), generated locally by the `mnist1d` package.
+
+    Returns:
+        A dict like `load_image_folder`'s with float32 `x` of shape (N, 40).
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    state = np.random.get_state()  # mnist1d seeds numpy's global generator
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(state)
+    return {"x_train": data["x"].astype("float32"), "y_train": data["y"].astype("int32"),
+            "x_test": data["x_test"].astype("float32"), "y_test": data["y_test"].astype("int32"),
+            "class_names": [str(i) for i in range(10)]}
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images.reshape(-1, images.shape[-1]).astype("float64") / 255.0
+    return x.mean(0).astype("float32"), x.std(0).astype("float32")
+
+
+def image_pipeline(x, y, batch_size, training, mean, std, seed=None, pad=4):
+    """A tf.data pipeline of normalised images, augmented when `training`.
+
+    Training: shuffle, random horizontal flip, random crop after zero
+    padding by `pad`, then `(x/255 − mean)/std`. Otherwise only the
+    normalisation. Batches are prefetched.
+    """
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    h, w = x.shape[1:3]
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32) / 255.0
+        if training:
+            image = tf.image.random_flip_left_right(image, seed=seed)
+            image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+            image = tf.image.random_crop(image, (h, w, image.shape[-1]), seed=seed)
+        return (image - mean) / std, label
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def array_pipeline(x, y, batch_size, training, seed=None):
+    """Batches (and shuffles for training) an in-memory data set."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
