@@ -26,7 +26,7 @@ setup(
         "matplotlib>=3.7",
         "tensorflow-datasets>=4.9",
         "importlib_resources",  # tfds imports it and does not declare it
-        "keras-tuner>=1.4",
+        "keras-tuner[bayesian]>=1.4",  # scikit-learn for BayesianOptimization
         "tensorboard>=2.16",
         "mnist1d>=0.0.2",  # generates MNIST-1D locally: the offline default data set
         "requests",  # mnist1d imports it

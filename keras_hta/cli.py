@@ -89,16 +89,45 @@ def run_nonconvex(args):
     return rows
 
 
+def _export_parser(sub):
+    p = sub.add_parser(
+        "export",
+        help="export a saved HomotopyModel (.keras) as a TF SavedModel for serving",
+        description="Merge a saved HomotopyModel and write a TF SavedModel with a `serve` endpoint.",
+    )
+    p.add_argument("checkpoint", help="a .keras file saved from a HomotopyModel")
+    p.add_argument("path", help="the SavedModel directory to write")
+    p.add_argument("--how", default="theta", help="theta (default), eta, average, or a twin index")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args):
+    import os
+
+    import keras
+
+    import keras_hta
+
+    if not os.path.exists(args.checkpoint):
+        raise ValueError(f"Argument `checkpoint` does not exist. Received: {args.checkpoint!r}")
+    model = keras.models.load_model(args.checkpoint)
+    if not isinstance(model, keras_hta.HomotopyModel):
+        raise TypeError(f"Argument `checkpoint` must hold a HomotopyModel. Received: a {type(model).__name__}")
+    how = int(args.how) if args.how.isdigit() else args.how
+    plain = keras_hta.export_saved_model(model, args.path, how=how)
+    print(f"Exported {plain.name} ({how}, {len(plain.weights)} variables) to {args.path}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-hta", description="The Homotopy Training Algorithm for Keras.")
     sub = parser.add_subparsers(dest="command", required=True)
     _nonconvex_parser(sub)
-    try:
-        from keras_hta.compare import add_compare_parser
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        add_compare_parser(sub)
+    _export_parser(sub)
+    from keras_hta.compare import add_compare_parser
+    from keras_hta.tuning import add_tune_parser
+
+    add_compare_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 

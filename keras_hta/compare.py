@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-ARMS = ("sgd", "hta")
+ARMS = ("sgd", "hta", "hta_split", "sgd_ema")
+ARM_LABELS = {"sgd": "SGD", "hta": "HTA", "hta_split": "HTA (twin_batch=split)", "sgd_ema": "SGD + EMA"}
 
 
 def add_compare_parser(sub):
@@ -23,20 +24,9 @@ def add_compare_parser(sub):
         help="train plain SGD and HTA with identical hyperparameters and compare",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--dataset", choices=["mnist1d", "cifar10"], default="mnist1d",
-                   help="mnist1d (default, generated locally) or cifar10 (tensorflow_datasets)")
-    p.add_argument("--data-dir", help="image folder or .tar.gz with train/<class>/* and test/<class>/* (CIFAR-10 layout)")
-    p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir for --dataset cifar10")
-    p.add_argument("--model", choices=["vgg11", "vgg13", "vgg16", "vgg19", "cnn1d", "mlp"],
-                   help="default: cnn1d for mnist1d, vgg11 for images")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
-    p.add_argument("--epochs", type=int, default=24, help="default 24 (the paper's 6 L values x 4 epochs)")
+    add_data_model_arguments(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--L-start", type=float, default=0.01)
     p.add_argument("--L-stop", type=float, default=0.005)
     p.add_argument("--L-step", type=float, default=-0.001)
@@ -45,26 +35,55 @@ def add_compare_parser(sub):
                    help="l2 (default: the authors' code; stable at the paper's L) or squared (the paper's formula)")
     p.add_argument("--split", choices=["channels", "layers", "random"], default="channels")
     p.add_argument("--anchor", choices=["zeros", "init"], default="zeros")
-    p.add_argument("--train-size", type=int, help="use only this many training examples")
-    p.add_argument("--test-size", type=int, help="use only this many test examples")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=["sgd", "hta"],
+                   help="what to train (default: sgd hta); also hta_split (each twin sees half of each "
+                        "batch) and sgd_ema (SGD with Keras' use_ema=True)")
     p.add_argument("--out", default="compare_results", help="output folder (default compare_results)")
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
+    p.add_argument("--multi-worker", action="store_true",
+                   help="train with MultiWorkerMirroredStrategy across the workers in TF_CONFIG "
+                        "(start the same command on every worker; the chief writes the results)")
     p.set_defaults(func=run_compare)
 
 
+def add_data_model_arguments(p):
+    """The data, model and optimizer flags shared by `compare` and `tune`."""
+    p.add_argument("--dataset", choices=["mnist1d", "cifar10"], default="mnist1d",
+                   help="mnist1d (default, generated locally) or cifar10 (tensorflow_datasets)")
+    p.add_argument("--data-dir", help="image folder or .tar.gz with train/<class>/* and test/<class>/* (CIFAR-10 layout)")
+    p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir for --dataset cifar10")
+    p.add_argument("--model", choices=["vgg11", "vgg13", "vgg16", "vgg19", "cnn1d", "mlp"],
+                   help="default: cnn1d for mnist1d, vgg11 for images")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--epochs", type=int, default=24, help="default 24 (the paper's 6 L values x 4 epochs)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--train-size", type=int, help="use only this many training examples")
+    p.add_argument("--test-size", type=int, help="use only this many test examples")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
+
+
 def _config(args):
+    return data_model_config(args, ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay",
+                                    "L_start", "L_stop", "L_step", "epochs_per_L", "norm", "split", "anchor",
+                                    "train_size", "test_size"), args.arms)
+
+
+def data_model_config(args, keys, arms=("sgd",)):
+    """The run's settings as a flat dict; checks them before any training."""
     model = args.model or ("cnn1d" if args.dataset == "mnist1d" and not args.data_dir else "vgg11")
     dataset = "folder:" + os.path.abspath(args.data_dir) if args.data_dir else args.dataset
-    keys = ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "L_start",
-            "L_stop", "L_step", "epochs_per_L", "norm", "split", "anchor", "train_size", "test_size")
     config = {"dataset": dataset, "model": model, **{k: getattr(args, k) for k in keys}}
+    if "sgd" not in arms:
+        raise ValueError(f"Argument `--arms` must include the baseline 'sgd'. Received: {list(arms)}")
     for name in ("epochs", "batch_size", "epochs_per_L"):
-        if config[name] < 1:
+        if name in config and config[name] < 1:
             raise ValueError(f"Argument `--{name.replace('_', '-')}` must be >= 1. Received: {config[name]}")
     return config
 
 
-def _load(config, tfds_dir=None):
+def load_data(config, tfds_dir=None):
     from keras_hta import data
 
     if config["dataset"].startswith("folder:"):
@@ -79,7 +98,7 @@ def _load(config, tfds_dir=None):
     return d
 
 
-def _pipelines(d, config, seed):
+def make_pipelines(d, config, seed):
     from keras_hta import data
 
     bs = config["batch_size"]
@@ -96,40 +115,60 @@ def _pipelines(d, config, seed):
     return train, test, x_train.shape[1:]
 
 
-def _strategy():
+_STRATEGY = {}
+
+
+def _strategy(multi_worker=False):
+    """One strategy per process: multi-worker from TF_CONFIG, else all local GPUs."""
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if "strategy" not in _STRATEGY:
+        if multi_worker:
+            from keras_hta.multi_worker import multi_worker_strategy
+
+            _STRATEGY["strategy"] = multi_worker_strategy()
+        else:
+            gpus = tf.config.list_logical_devices("GPU")
+            _STRATEGY["strategy"] = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return _STRATEGY["strategy"]
 
 
-def train_one(config, arm, seed, d, verbose=0):
+def _is_chief():
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task", {})
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                                   and "chief" not in config.get("cluster", {}))
+
+
+def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
     """Trains one arm for one seed; returns its result record."""
     import keras
 
     import keras_hta as hta
     from keras_hta import models
 
-    train, test, shape = _pipelines(d, config, seed)
+    train, test, shape = make_pipelines(d, config, seed)
     steps = int(np.ceil(len(d["y_train"]) / config["batch_size"])) * config["epochs"]
     lr = config["lr"]
     if config["lr_schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(config["lr"], steps)
-    strategy = _strategy()
+    strategy = _strategy(multi_worker)
     with strategy.scope():
         keras.utils.set_random_seed(seed)  # same initial weights for both arms
         network = models.get(config["model"], config["width"], len(d["class_names"]), shape)
         model = network
         callbacks = []
-        if arm == "hta":
+        if arm in ("hta", "hta_split"):
             model = hta.HomotopyModel.from_model(
                 network, split=config["split"], anchor=config["anchor"], norm=config["norm"],
                 homotopy_l=config["L_start"], seed=seed,
+                twin_batch="split" if arm == "hta_split" else "full",
             )
             schedule = hta.schedules.Linear(config["L_start"], config["L_stop"], config["L_step"], config["epochs_per_L"])
             callbacks.append(hta.HomotopyScheduler(schedule))
         model.compile(
-            optimizer=keras.optimizers.SGD(lr, momentum=config["momentum"], weight_decay=config["weight_decay"] or None),
+            optimizer=keras.optimizers.SGD(lr, momentum=config["momentum"], weight_decay=config["weight_decay"] or None,
+                                           use_ema=arm == "sgd_ema"),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
@@ -137,9 +176,11 @@ def train_one(config, arm, seed, d, verbose=0):
     history = model.fit(train, validation_data=test, epochs=config["epochs"], callbacks=callbacks, verbose=verbose)
     h = history.history
     val_error = [100.0 * (1.0 - a) for a in h["val_accuracy"]]
+    # After fit: EMA weights are swapped in for sgd_ema; θ for HTA.
+    final = 100.0 * (1.0 - model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
     return {
-        "arm": arm, "seed": seed, "val_error": val_error, "final_error": val_error[-1],
-        "best_error": min(val_error), "train_loss": h["loss"] if arm == "sgd" else h["f_theta"],
+        "arm": arm, "seed": seed, "val_error": val_error, "final_error": final,
+        "best_error": min(val_error), "train_loss": h["f_theta"] if "f_theta" in h else h["loss"],
         "homotopy_l": h.get("homotopy_l"), "seconds": round(time.perf_counter() - start, 2),
         "finite": bool(np.all(np.isfinite(h["loss"]))),
     }
@@ -155,9 +196,13 @@ def summarize(runs):
             summary[arm] = {"seeds": len(errors), "error_mean": float(errors.mean()), "error_std": float(errors.std()),
                             "error_min": float(errors.min()), "acc_mean": float(acc.mean()),
                             "acc_std": float(acc.std()), "acc_max": float(acc.max())}
-    if "sgd" in summary and "hta" in summary and summary["sgd"]["error_mean"] > 0:
-        base, new = summary["sgd"]["error_mean"], summary["hta"]["error_mean"]
-        summary["roi_percent"] = 100.0 * (base - new) / base
+    if "sgd" in summary and summary["sgd"]["error_mean"] > 0:
+        base = summary["sgd"]["error_mean"]
+        for arm in ARMS[1:]:
+            if arm in summary:
+                summary[arm]["roi_percent"] = 100.0 * (base - summary[arm]["error_mean"]) / base
+        if "hta" in summary:
+            summary["roi_percent"] = summary["hta"]["roi_percent"]
     return summary
 
 
@@ -171,12 +216,13 @@ def markdown(config, summary, command):
              "| Model | Original error rate | Error rate with HTA | Rate of improvement |", "|---|---|---|---|"]
     if s and h:
         lines.append(f"| {name} | {s['error_mean']:.2f}% | {h['error_mean']:.2f}% | {summary['roi_percent']:.2f}% |")
-    lines += ["", "Table 3 format (test accuracy over seeds):", "",
-              "| Model | Method | seeds | mean | stddev | max |", "|---|---|---|---|---|---|"]
-    for arm, label in (("sgd", "SGD"), ("hta", "HTA")):
+    lines += ["", "Table 3 format (test accuracy over seeds; rate of improvement of the mean error over SGD):", "",
+              "| Model | Method | seeds | mean | stddev | max | rate of improvement |", "|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
         if arm in summary:
             a = summary[arm]
-            lines.append(f"| {name} | {label} | {a['seeds']} | {a['acc_mean']:.2f}% | {a['acc_std']:.2f}% | {a['acc_max']:.2f}% |")
+            roi = f"{a['roi_percent']:.2f}%" if "roi_percent" in a else "-"
+            lines.append(f"| {name} | {ARM_LABELS[arm]} | {a['seeds']} | {a['acc_mean']:.2f}% | {a['acc_std']:.2f}% | {a['acc_max']:.2f}% | {roi} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +233,10 @@ def run_compare(args, command=None):
 
     config = _config(args)
     command = command or "keras-hta " + " ".join(sys.argv[1:])
+    if args.multi_worker:
+        _strategy(multi_worker=True)  # before any other TensorFlow work
+        if not _is_chief():  # only the chief writes the results
+            args.out = os.path.join(args.out, f"worker{json.loads(os.environ['TF_CONFIG'])['task']['index']}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
     runs = []
@@ -196,24 +246,24 @@ def run_compare(args, command=None):
         if saved.get("config") == config:
             runs = saved["runs"]
             print(f"Resuming: {len(runs)} finished run(s) in {path}")
-    d = _load(config, args.tfds_dir)
+    d = load_data(config, args.tfds_dir)
     for seed in args.seeds:
-        for arm in ARMS:
+        for arm in args.arms:
             if any(r["arm"] == arm and r["seed"] == seed for r in runs):
                 continue
             print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==")
-            runs.append(train_one(config, arm, seed, d, args.verbose))
+            runs.append(train_one(config, arm, seed, d, args.verbose, args.multi_worker))
             with open(path, "w") as f:  # saved run by run
                 json.dump({"config": config, "command": command, "runs": runs}, f, indent=1)
-    runs = [r for r in runs if r["seed"] in args.seeds]
+    runs = [r for r in runs if r["seed"] in args.seeds and r["arm"] in args.arms]
     summary = summarize(runs)
     with open(path, "w") as f:
         json.dump({"config": config, "command": command, "runs": runs, "summary": summary}, f, indent=1)
     table = markdown(config, summary, command)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table)
-    curves = {arm.upper(): [r["val_error"] for r in runs if r["arm"] == arm] for arm in ARMS}
-    l_values = next((r["homotopy_l"] for r in runs if r["arm"] == "hta"), None)
+    curves = {ARM_LABELS[arm]: [r["val_error"] for r in runs if r["arm"] == arm] for arm in args.arms}
+    l_values = next((r["homotopy_l"] for r in runs if r["homotopy_l"]), None)
     plot_error_curves(os.path.join(args.out, "val_error.png"), curves, l_values,
                       title=f"{config['model']} on {os.path.basename(config['dataset'])}: SGD vs HTA")
     print("\n" + table)

@@ -15,6 +15,9 @@ from keras_hta import schedules as schedules_lib
 from keras_hta import splits as splits_lib
 
 
+TWIN_BATCHES = ("full", "split")
+
+
 def _twin_suffix(k, num_groups):
     return "eta" if num_groups == 2 else f"eta{k}"
 
@@ -99,6 +102,9 @@ class HomotopyModel(keras.Model):
             0.01, the start of the paper's schedule).
         norm: `"squared"` (default, the paper's formula) or `"l2"` (plain
             norms, as the authors' published code does).
+        twin_batch: `"full"` (default: every twin sees the whole batch, as
+            the paper) or `"split"` (twin k sees examples k, k + m, k + 2m,
+            ... of each batch, so a step costs about one plain step).
         seed: Integer or `None`, for `split="random"`.
         name: String, the model's name.
 
@@ -135,6 +141,7 @@ class HomotopyModel(keras.Model):
         num_groups=2,
         homotopy_l=0.01,
         norm="squared",
+        twin_batch="full",
         seed=None,
         name=None,
         _restoring=False,
@@ -150,6 +157,10 @@ class HomotopyModel(keras.Model):
         elif inputs is not None or outputs is not None:
             raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
         self._check_arguments(network, num_groups, norm)
+        if twin_batch not in TWIN_BATCHES:
+            raise ValueError(
+                f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}"
+            )
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
         variables = network.trainable_variables
         if _restoring:  # masks and anchors come back with the weights
@@ -170,6 +181,7 @@ class HomotopyModel(keras.Model):
         ]
         self.num_groups = num_groups
         self.norm = norm
+        self.twin_batch = twin_batch
         self.split = split if isinstance(split, str) else "custom"
         self.anchor = anchor if isinstance(anchor, str) else "custom"
         self.seed = seed
@@ -196,6 +208,7 @@ class HomotopyModel(keras.Model):
         self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
         self.coupling_tracker = keras.metrics.Mean(name="coupling")
+        self.l_tracker = keras.metrics.Mean(name="homotopy_l")
         self._homotopy_metric_names = {m.name for m in self._homotopy_trackers}
         self.built = True  # every weight exists now: save() right after fit() is safe
 
@@ -251,7 +264,7 @@ class HomotopyModel(keras.Model):
 
     @property
     def _homotopy_trackers(self):
-        return self.twin_loss_trackers + [self.anchor_tracker, self.coupling_tracker]
+        return self.twin_loss_trackers + [self.anchor_tracker, self.coupling_tracker, self.l_tracker]
 
     @property
     def nets(self):
@@ -356,11 +369,19 @@ class HomotopyModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
+        m = self.num_groups
+        if self.twin_batch == "split":  # twin k: examples k, k + m, ...
+            parts = [
+                tf.nest.map_structure(lambda t, k=k: None if t is None else t[k::m], (x, y, sample_weight))
+                for k in range(m)
+            ]
+        else:
+            parts = [(x, y, sample_weight)] * m
         with tf.GradientTape() as tape:
             twin_losses, predictions = [], []
-            for net in self.nets:
-                y_pred = net(x, training=True)
-                twin_losses.append(self._twin_loss(net, y, y_pred, sample_weight))
+            for net, (x_k, y_k, sw_k) in zip(self.nets, parts):
+                y_pred = net(x_k, training=True)
+                twin_losses.append(self._twin_loss(net, y_k, y_pred, sw_k))
                 predictions.append(y_pred)
             anchor, coupling = self.penalties()
             l_value = tf.cast(self.homotopy_l, "float32")
@@ -375,6 +396,7 @@ class HomotopyModel(keras.Model):
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
 
+        x, y, sample_weight = parts[0]  # θ's examples: its metrics and loss weights
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         unscale = loss_module.unscale_loss_for_distribution
         self._loss_tracker.update_state(unscale(total), sample_weight=batch)
@@ -382,6 +404,7 @@ class HomotopyModel(keras.Model):
             tracker.update_state(unscale(value), sample_weight=batch)
         self.anchor_tracker.update_state(anchor_term)
         self.coupling_tracker.update_state(coupling)
+        self.l_tracker.update_state(l_value)
         return self.compute_metrics(x, y, predictions[0], sample_weight=sample_weight)
 
     def test_step(self, data):
@@ -398,6 +421,7 @@ class HomotopyModel(keras.Model):
                 "num_groups": self.num_groups,
                 "homotopy_l": self._initial_l,
                 "norm": self.norm,
+                "twin_batch": self.twin_batch,
                 "seed": self.seed,
             }
         )

@@ -20,8 +20,9 @@ class HomotopyScheduler(keras.callbacks.Callback):
     L is set before every batch to `schedule(optimizer.iterations)`.
 
     L is written to the model's variable `model.homotopy_l` (nothing is
-    retraced) and logged as `homotopy_l` at the end of every epoch, so it
-    lands in `History` and TensorBoard.
+    retraced). The model logs it as the metric `homotopy_l` (its mean over
+    the epoch's steps: the epoch's value for `update="epoch"`), so it lands
+    in `History` and TensorBoard whatever the order of the callbacks.
 
     Args:
         schedule: A `keras_hta.schedules` object, any callable
@@ -95,5 +96,3 @@ class HomotopyScheduler(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.model.homotopy_epoch.assign(epoch + self._offset + 1)
-        if logs is not None:
-            logs["homotopy_l"] = float(self.model.homotopy_l.numpy())

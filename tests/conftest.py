@@ -49,3 +49,13 @@ def regression_data(n=16, n_in=4, n_out=3, seed=0):
     x = rng.normal(size=(n, n_in)).astype("float32")
     y = rng.normal(size=(n, n_out)).astype("float32")
     return x, y
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over the two logical CPUs for the whole session:
+    two strategy instances in one process issue collective ops whose instance
+    keys collide ("Shape mismatch in the collective instance")."""
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs two logical CPU devices")
+    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])

@@ -65,3 +65,13 @@ def test_nonconvex_table_json_and_figure(tmp_path, capsys):
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert rows[0]["bfgs"] == 24 and rows[0]["homotopy_zeros"] == 25
     assert _png(tmp_path / "f.png")
+
+
+def test_tune_prints_trials_and_best_schedule(tmp_path, capsys):
+    from keras_hta import schedules
+
+    best = cli.main(["tune", "--model", "mlp", "--epochs", "1", "--max-trials", "2", "--train-size", "256",
+                     "--test-size", "128", "--verbose", "0", "--directory", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| trial | val_accuracy | schedule |" in out and "Best schedule:" in out
+    assert out.count("failed") == 0

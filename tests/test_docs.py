@@ -50,3 +50,27 @@ def test_cifar10_example_runs_on_a_small_folder(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy SGD" in out.stdout
+
+
+def test_tune_schedule_example_runs(tmp_path):
+    out = _run(ROOT / "examples" / "tune_schedule.py", tmp_path)
+    assert "Best schedule:" in out and "Best test accuracy" in out
+
+
+def test_readme_ecosystem_snippets_run(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Ecosystem", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    out = _run(code, tmp_path)
+    assert "Linear(" in out or "Geometric(" in out or "Constant(" in out
+    for path in ("served/1/saved_model.pb", "best.keras", "logs/train", "tuning"):
+        assert (tmp_path / path).exists(), path
+    served = subprocess.run(["keras-hta", "export", "best.keras", "served/2"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
+    assert served.returncode == 0, served.stderr[-2000:]
+    bash = re.search(r"```bash\n(CLUSTER=.*?)```", section, re.S).group(1)
+    ran = subprocess.run(["bash", "-c", bash], cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert (tmp_path / "multi_worker" / "results.json").exists()

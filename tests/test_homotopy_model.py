@@ -279,3 +279,23 @@ def test_per_output_loss_metrics_report_theta_only():
     np.testing.assert_allclose(history.history["a_loss"][0], np.mean((pred["a"] - targets["a"]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(history.history["b_loss"][0], np.mean((pred["b"] - targets["b"]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(history.history["f_theta"][0], history.history["a_loss"][0] + history.history["b_loss"][0], rtol=1e-5)
+
+
+def test_split_batch_twins_train_like_plain_keras_on_their_slices():
+    x, y = regression_data(n=48)
+    model = _NoPenalty.from_model(dense_network(hidden=6), twin_batch="split")
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for k, net in enumerate(model.nets):
+        plain = dense_network(hidden=6)
+        plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        # Batches of 16 split by parity = batches of 8 from the strided slices.
+        xs = np.concatenate([x[i : i + 16][k::2] for i in range(0, 48, 16)])
+        ys = np.concatenate([y[i : i + 16][k::2] for i in range(0, 48, 16)])
+        h = plain.fit(xs, ys, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        for got, want in zip(net.get_weights(), plain.get_weights()):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        if k == 0:
+            np.testing.assert_allclose(history.history["f_theta"], h.history["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="twin_batch='half'"):
+        hta.HomotopyModel.from_model(dense_network(), twin_batch="half")

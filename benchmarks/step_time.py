@@ -1,0 +1,167 @@
+"""What HTA costs: step time and memory of HomotopyModel against plain fit (issue #5).
+
+For each model, in one process: plain `fit`, HTA (both twins see the whole
+batch) and HTA with `twin_batch="split"`, same network, batch, optimizer
+(SGD, momentum 0.9) and data; after a warm-up call (tracing) each variant runs
+`--steps` steps per round, rounds alternating between variants, and the
+median step time over all rounds is reported. Peak memory (resident set size)
+is measured for each variant in a fresh process; the state memory (weights,
+twins, anchors, masks and optimizer slots) is counted exactly.
+
+Usage: python benchmarks/step_time.py [--models vgg11/8 vgg11/4 cnn1d] [--rounds 5] [--steps 20]
+Writes benchmarks/results/step_time.json, step_time.md and step_time.png.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = ("plain", "hta", "hta_split")
+MODELS = {  # name: (builder args, input shape, batch size)
+    "vgg11/8": (("vgg11", 0.125), (32, 32, 3), 128),
+    "vgg11/4": (("vgg11", 0.25), (32, 32, 3), 128),
+    "vgg11/2": (("vgg11", 0.5), (32, 32, 3), 128),
+    "cnn1d": (("cnn1d", 1.0), (40, 1), 128),
+}
+
+
+def build(model_name, variant):
+    import keras
+
+    import keras_hta as hta
+    from keras_hta import models
+
+    (arch, width), shape, _ = MODELS[model_name]
+    keras.utils.set_random_seed(0)
+    network = models.get(arch, width, 10, shape)
+    model = network if variant == "plain" else hta.HomotopyModel.from_model(
+        network, norm="l2", twin_batch="split" if variant == "hta_split" else "full")
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def dataset(model_name, steps):
+    import tensorflow as tf
+
+    _, shape, batch = MODELS[model_name]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * 4,) + shape).astype("float32")
+    y = rng.integers(0, 10, size=batch * 4).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(2)
+
+
+class StepTimes:
+    def __init__(self):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_begin(cb, batch, logs=None):
+                cb.start = time.perf_counter()
+
+            def on_train_batch_end(cb, batch, logs=None):
+                self.times.append(time.perf_counter() - cb.start)
+
+        self.times = []
+        self.callback = Callback()
+
+
+def state_bytes(model):
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in list(model.weights) + list(model.optimizer.variables)))
+
+
+def time_models(model_name, rounds, steps):
+    data = dataset(model_name, steps)
+    models, timers = {}, {}
+    for variant in VARIANTS:
+        models[variant] = build(model_name, variant)
+        models[variant].fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: tracing
+        timers[variant] = StepTimes()
+    for _ in range(rounds):
+        for variant in VARIANTS:  # alternating, so load changes hit every variant alike
+            models[variant].fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timers[variant].callback])
+    return {v: {"median_s": float(np.median(timers[v].times)), "steps": len(timers[v].times),
+                "state_bytes": state_bytes(models[v])} for v in VARIANTS}
+
+
+def peak_rss(model_name, variant, steps):
+    """Peak resident memory (MiB) of a fresh process training `steps` steps."""
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); import step_time as s, resource; "
+            f"m = s.build({model_name!r}, {variant!r}); m.fit(s.dataset({model_name!r}, {steps}), "
+            f"steps_per_epoch={steps}, epochs=1, verbose=0); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["vgg11/8", "vgg11/4", "cnn1d"], choices=sorted(MODELS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    device = tf.config.list_logical_devices("GPU")
+    device = (tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+              if device else f"CPU ({os.cpu_count()} cores)")
+    rows = []
+    for name in args.models:
+        print(f"timing {name} ...", flush=True)
+        r = time_models(name, args.rounds, args.steps)
+        row = {"model": name, "device": device, **{f"{v}_s": r[v]["median_s"] for v in VARIANTS},
+               **{f"{v}_state_mib": r[v]["state_bytes"] / 2**20 for v in VARIANTS}}
+        row["hta_over_plain"] = row["hta_s"] / row["plain_s"]
+        row["hta_over_2plain"] = row["hta_s"] / (2 * row["plain_s"])
+        row["split_over_plain"] = row["hta_split_s"] / row["plain_s"]
+        if not args.no_memory:
+            for v in VARIANTS:
+                row[f"{v}_peak_mib"] = peak_rss(name, v, 5)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "step_time.json"), "w") as f:
+        json.dump({"command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]), "rows": rows}, f, indent=1)
+    lines = ["| model | device | plain s/step | HTA s/step | HTA split s/step | HTA / plain | HTA / (2 x plain) | "
+             "split / plain | state MiB plain / HTA | peak RSS MiB plain / HTA / split |", "|" + "---|" * 10]
+    for r in rows:
+        peak = " / ".join(f"{r[f'{v}_peak_mib']:.0f}" for v in VARIANTS) if f"plain_peak_mib" in r else "-"
+        lines.append(f"| {r['model']} | {r['device']} | {r['plain_s']:.4f} | {r['hta_s']:.4f} | {r['hta_split_s']:.4f} | "
+                     f"{r['hta_over_plain']:.2f} | {r['hta_over_2plain']:.2f} | {r['split_over_plain']:.2f} | "
+                     f"{r['plain_state_mib']:.1f} / {r['hta_state_mib']:.1f} | {peak} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "step_time.md"), "w") as f:
+        f.write(table)
+    from keras_hta.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [r["model"] for r in rows]
+    ax.bar(np.arange(len(rows)) - 0.2, [r["hta_over_2plain"] for r in rows], 0.4, label="HTA / (2 x plain)")
+    ax.bar(np.arange(len(rows)) + 0.2, [r["split_over_plain"] for r in rows], 0.4, label="HTA split / plain")
+    ax.axhline(1.05, color="C0", ls="--", lw=1)
+    ax.axhline(1.15, color="C1", ls="--", lw=1)
+    ax.set_xticks(range(len(rows)), names)
+    ax.set_ylabel("step-time ratio")
+    ax.set_title(f"HTA step-time ratios ({device})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "step_time.png"), dpi=120)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

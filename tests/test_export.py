@@ -1,0 +1,67 @@
+"""SavedModel export: served outputs in a process without keras_hta, no HTA state inside."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras
+import keras_hta as hta
+from keras_hta import cli
+from conftest import dense_network, regression_data
+
+
+def _trained():
+    x, y = regression_data(n=32)
+    model = hta.HomotopyModel.from_model(dense_network(hidden=6, batch_norm=True), homotopy_l=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    return model, x
+
+
+def _serve_in_fresh_process(export_dir, x, tmp_path):
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        f"""
+        import sys, json, numpy as np, tensorflow as tf
+        served = tf.saved_model.load({str(export_dir)!r})
+        x = tf.constant(np.load({str(tmp_path / 'x.npy')!r}))
+        np.save({str(tmp_path / 'served.npy')!r}, served.serve(x).numpy())
+        signature = served.signatures["serving_default"]
+        names = list(signature.structured_input_signature[1].keys())
+        assert "keras_hta" not in sys.modules
+        print(json.dumps({{"variables": len(served.variables), "inputs": names}}))
+        """
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    return np.load(tmp_path / "served.npy"), json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("how", ["theta", "average"])
+def test_export_serves_the_merged_network_only(tmp_path, how):
+    model, x = _trained()
+    plain = hta.export_saved_model(model, tmp_path / "served", how=how)
+    served, info = _serve_in_fresh_process(tmp_path / "served", x, tmp_path)
+    np.testing.assert_allclose(served, plain.predict(x, verbose=0), atol=1e-5)
+    if how == "theta":
+        np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-5)
+    assert info["variables"] == len(plain.weights) == len(model.network.weights)
+    assert info["inputs"] == [model.network.inputs[0]._keras_history.operation.name]
+
+
+def test_export_command_from_a_keras_file(tmp_path, capsys):
+    model, x = _trained()
+    model.save(tmp_path / "m.keras")
+    cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / "served"), "--how", "eta"])
+    assert "Exported" in capsys.readouterr().out
+    served, _ = _serve_in_fresh_process(tmp_path / "served", x, tmp_path)
+    np.testing.assert_allclose(served, model.twins[0].predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(SystemExit):
+        cli.main(["export", str(tmp_path / "missing.keras"), str(tmp_path / "out")])
