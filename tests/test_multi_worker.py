@@ -25,26 +25,30 @@ def _free_ports(n):
     return ports
 
 
-def _run_workers(tmp_path, name, *extra):
+def _launch(argv_for):
+    """Starts two workers of one cluster on 127.0.0.1; returns [(returncode, stderr)]."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     procs = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(config), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "fit_worker.py"), str(tmp_path / f"{name}{index}"), "--multi-worker",
-             "--epochs", "3", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(subprocess.Popen([sys.executable, *argv_for(index)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))
     results = []
     for proc in procs:
         try:
-            out, err = proc.communicate(timeout=180)
+            _, err = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()
             raise
         results.append((proc.returncode, err))
     return results
+
+
+def _run_workers(tmp_path, name, *extra):
+    return _launch(lambda index: [str(HERE / "fit_worker.py"), str(tmp_path / f"{name}{index}"),
+                                  "--multi-worker", "--epochs", "3", *extra])
 
 
 def _weights(path):
@@ -79,18 +83,10 @@ def test_upstream_keras_still_needs_the_workaround(tmp_path):
 
 
 def test_compare_multi_worker_command(tmp_path):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(config), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "keras_hta.cli", "compare", "--multi-worker", "--model", "mlp", "--epochs", "1",
-             "--seeds", "0", "--train-size", "256", "--test-size", "128", "--verbose", "0", "--out", str(tmp_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
+    argv = ["-m", "keras_hta.cli", "compare", "--multi-worker", "--model", "mlp", "--epochs", "1", "--seeds", "0",
+            "--train-size", "256", "--test-size", "128", "--verbose", "0", "--out", str(tmp_path)]
+    for code, err in _launch(lambda index: argv):
+        assert code == 0, err[-3000:]
     chief = json.loads((tmp_path / "results.json").read_text())
     other = json.loads((tmp_path / "worker1" / "results.json").read_text())
     assert [r["arm"] for r in chief["runs"]] == ["sgd", "hta"]
