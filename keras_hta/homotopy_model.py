@@ -53,6 +53,12 @@ def _clone_twin(network, suffix):
             "subclassed model whose `from_config` builds its weights."
         )
     twin.name = f"{network.name}_{suffix}"
+    shapes = [tuple(v.shape) for v in network.trainable_variables]
+    if [tuple(v.shape) for v in twin.trainable_variables] != shapes:
+        raise ValueError(
+            f"The twin of network '{network.name}' does not list its trainable weights in the "
+            "network's order; HTA pairs them by position. Use a Functional or Sequential model."
+        )
     twin.set_weights(network.get_weights())
     return twin
 
