@@ -1,0 +1,27 @@
+"""The benchmark scripts run (timings are reported in benchmarks/, never asserted)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_step_time_script_writes_consistent_ratios(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--models", "cnn1d",
+                          "--rounds", "1", "--steps", "3", "--no-memory", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads((tmp_path / "step_time.json").read_text())["rows"][0]
+    assert row["hta_over_2plain"] == pytest.approx(row["hta_s"] / (2 * row["plain_s"]))
+    assert row["split_floor"] == pytest.approx(2 * row["plain_half_s"] / row["plain_s"])
+    # State memory, counted exactly: θ, η, anchors and two masks, plus one
+    # momentum slot per twin, against θ and one slot: 7/2 of the plain state
+    # (up to the optimizer's two scalar counters).
+    assert row["hta_state_mib"] / row["plain_state_mib"] == pytest.approx(3.5, rel=1e-3)
+    assert (tmp_path / "step_time.md").exists() and (tmp_path / "step_time.png").exists()
