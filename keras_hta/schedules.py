@@ -160,7 +160,7 @@ class Geometric(HomotopySchedule):
     Example:
 
     >>> s = keras_hta.schedules.Geometric(1.0, 0.01, 0.1)
-    >>> [s(p) for p in (0, 1, 2, 3)]
+    >>> [round(s(p), 12) for p in (0, 1, 2, 3)]
     [1.0, 0.1, 0.01, 0.01]
     """
 
