@@ -50,6 +50,22 @@ def _check_position(position):
     return position
 
 
+def _check_boundaries(boundaries, items, name):
+    """Returns `boundaries` as ints if they are increasing, > 0, and one fewer than `items`."""
+    result = [int(b) for b in boundaries]
+    if len(items) != len(result) + 1:
+        raise ValueError(
+            f"Argument `{name}` must have one more element than `boundaries`. "
+            f"Received: {len(result)} boundaries, {len(items)} {name}"
+        )
+    if any(b <= a for a, b in zip([0] + result, result)):
+        raise ValueError(
+            "Argument `boundaries` must be strictly increasing integers "
+            f"> 0. Received: boundaries={list(boundaries)}"
+        )
+    return result
+
+
 class HomotopySchedule:
     """Base class: subclasses implement `__call__(position)` and `get_config()`."""
 
@@ -210,19 +226,8 @@ class Piecewise(HomotopySchedule):
     """
 
     def __init__(self, boundaries, values):
-        self.boundaries = [int(b) for b in boundaries]
         self.values = [validate_l(v, "values") for v in values]
-        if len(self.values) != len(self.boundaries) + 1:
-            raise ValueError(
-                "Argument `values` must have one more element than "
-                f"`boundaries`. Received: {len(self.boundaries)} boundaries, "
-                f"{len(self.values)} values"
-            )
-        if any(b <= a for a, b in zip([0] + self.boundaries, self.boundaries)):
-            raise ValueError(
-                "Argument `boundaries` must be strictly increasing integers "
-                f"> 0. Received: boundaries={list(boundaries)}"
-            )
+        self.boundaries = _check_boundaries(boundaries, self.values, "values")
 
     def __call__(self, position):
         position = _check_position(position)
@@ -247,18 +252,7 @@ class Join(HomotopySchedule):
 
     def __init__(self, schedules, boundaries):
         self.schedules = [get(s) for s in schedules]
-        self.boundaries = [int(b) for b in boundaries]
-        if len(self.schedules) != len(self.boundaries) + 1:
-            raise ValueError(
-                "Argument `schedules` must have one more element than "
-                f"`boundaries`. Received: {len(self.schedules)} schedules, "
-                f"{len(self.boundaries)} boundaries"
-            )
-        if any(b <= a for a, b in zip([0] + self.boundaries, self.boundaries)):
-            raise ValueError(
-                "Argument `boundaries` must be strictly increasing integers "
-                f"> 0. Received: boundaries={list(boundaries)}"
-            )
+        self.boundaries = _check_boundaries(boundaries, self.schedules, "schedules")
 
     def __call__(self, position):
         position = _check_position(position)
