@@ -10,11 +10,15 @@ KINDS = ("linear", "geometric")
 
 
 def _space(hp, name, value, make):
-    """A fixed value, a list of choices, or a (low, high) range."""
-    if isinstance(value, tuple):
+    """A fixed value, a list of choices, or a (low, high) range.
+
+    `make` builds a range (`hp.Int`, a log `hp.Float`); for categorical
+    hyperparameters it is `None` and a tuple is a list of choices too.
+    """
+    if isinstance(value, tuple) and make is not None:
         return make(name, *value)
-    if isinstance(value, list):
-        return hp.Choice(name, value)
+    if isinstance(value, (list, tuple)):
+        return hp.Choice(name, list(value))
     return hp.Fixed(name, value)
 
 
@@ -83,7 +87,7 @@ class HomotopyHyperModel(keras_tuner.HyperModel):
         self.build_fn = build_fn
         self.space = {
             "l_start": l_start, "l_stop": l_stop, "values": values, "epochs_per_value": epochs_per_value,
-            "schedule": list(schedule) if isinstance(schedule, tuple) else schedule,
+            "schedule": schedule,
             "split": split, "anchor": anchor, "num_groups": num_groups,
         }
         self.norm = norm

@@ -85,3 +85,12 @@ def test_mirrored_strategy_search(tmp_path, mirrored):
     trials = list(tuner.oracle.trials.values())
     assert all(t.status == "COMPLETED" for t in trials), [(t.status, t.message) for t in trials]
     assert tuner.get_best_models(1)[0].distribute_strategy.num_replicas_in_sync == 2
+
+
+def test_categorical_tuples_are_choices():
+    hp = keras_tuner.HyperParameters()
+    hypermodel = HomotopyHyperModel(_build, split=("channels", "layers"), anchor=("zeros", "init"))
+    values = hypermodel.declare(hp)
+    assert values["split"] == "channels" and hp.get("homotopy_split") == "channels"
+    assert hp.space[[p.name for p in hp.space].index("homotopy_split")].values == ["channels", "layers"]
+    assert values["schedule"] == "linear"  # the default ("linear", "geometric")
