@@ -133,11 +133,13 @@ def _strategy(multi_worker=False):
     return _STRATEGY["strategy"]
 
 
-def _is_chief():
+def _non_chief_index():
+    """This worker's index in TF_CONFIG, or `None` on the chief (which writes the results)."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = config.get("task", {})
-    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                   and "chief" not in config.get("cluster", {}))
+    kind, index = task.get("type", "chief"), task.get("index", 0)
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config.get("cluster", {}))
+    return None if chief else index
 
 
 def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
@@ -235,8 +237,9 @@ def run_compare(args, command=None):
     command = command or "keras-hta " + " ".join(sys.argv[1:])
     if args.multi_worker:
         _strategy(multi_worker=True)  # before any other TensorFlow work
-        if not _is_chief():  # only the chief writes the results
-            args.out = os.path.join(args.out, f"worker{json.loads(os.environ['TF_CONFIG'])['task']['index']}")
+        index = _non_chief_index()
+        if index is not None:  # only the chief writes the results
+            args.out = os.path.join(args.out, f"worker{index}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
     runs = []
@@ -255,10 +258,12 @@ def run_compare(args, command=None):
             runs.append(train_one(config, arm, seed, d, args.verbose, args.multi_worker))
             with open(path, "w") as f:  # saved run by run
                 json.dump({"config": config, "command": command, "runs": runs}, f, indent=1)
-    runs = [r for r in runs if r["seed"] in args.seeds and r["arm"] in args.arms]
-    summary = summarize(runs)
+    # The file keeps every finished run; the summary covers this call's seeds and arms.
+    selected = [r for r in runs if r["seed"] in args.seeds and r["arm"] in args.arms]
+    summary = summarize(selected)
     with open(path, "w") as f:
         json.dump({"config": config, "command": command, "runs": runs, "summary": summary}, f, indent=1)
+    runs = selected
     table = markdown(config, summary, command)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table)

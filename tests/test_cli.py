@@ -75,3 +75,12 @@ def test_tune_prints_trials_and_best_schedule(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| trial | val_accuracy | schedule |" in out and "Best schedule:" in out
     assert out.count("failed") == 0
+
+
+def test_rerun_with_fewer_arms_keeps_the_saved_runs(tmp_path):
+    out = tmp_path / "run"
+    cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    cli.main(["compare", "--model", "mlp", "--arms", "sgd", "--out", str(out)] + TINY)
+    result = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in result["runs"]] == ["sgd", "hta"]  # nothing deleted
+    assert set(result["summary"]) == {"sgd"}  # the summary covers this call's arms
