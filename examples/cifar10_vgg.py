@@ -45,9 +45,10 @@ def train_vgg(use_hta):
     network = models.vgg(11, width=args.width, num_classes=len(cifar["class_names"]))
     model, callbacks = network, []
     if use_hta:
-        # The authors' code uses unsquared norms, which stay stable at the
-        # paper's small L with this learning rate (see the README).
-        model = hta.HomotopyModel.from_model(network, split="channels", anchor="zeros", norm="l2")
+        # The paper's squared norms; the penalties are applied exactly after
+        # each SGD step (penalty_update="proximal", the default), so the
+        # paper's small L is stable at this learning rate (see the README).
+        model = hta.HomotopyModel.from_model(network, split="channels", anchor="zeros")
         schedule = hta.schedules.Linear(0.01, 0.005, -0.001, epochs_per_value=4)
         callbacks = [hta.HomotopyScheduler(schedule)]
     model.compile(

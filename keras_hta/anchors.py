@@ -16,14 +16,15 @@ def resolve_anchor(anchor, variables):
         variables: The model's trainable variables.
 
     Returns:
-        A list of float arrays of the variables' shapes.
+        A list of float arrays of the variables' shapes, or `None` for
+        `"zeros"` (a zero anchor is not stored).
 
     Raises:
         ValueError: for an unknown string, a wrong length or a wrong shape.
     """
     if isinstance(anchor, str):
         if anchor == "zeros":
-            return [np.zeros(tuple(v.shape), v.dtype) for v in variables]
+            return None
         if anchor == "init":
             return [np.array(v.numpy()) for v in variables]
         raise ValueError(

@@ -14,8 +14,10 @@ import time
 
 import numpy as np
 
-ARMS = ("sgd", "hta", "hta_split", "sgd_ema")
-ARM_LABELS = {"sgd": "SGD", "hta": "HTA", "hta_split": "HTA (twin_batch=split)", "sgd_ema": "SGD + EMA"}
+ARMS = ("sgd", "hta", "hta_l2", "hta_split", "sgd_ema")
+ARM_LABELS = {"sgd": "SGD", "hta": "HTA", "hta_l2": "HTA (l2, gradient step)", "hta_split": "HTA (twin_batch=split)",
+              "sgd_ema": "SGD + EMA"}
+HTA_ARMS = ("hta", "hta_l2", "hta_split")
 
 
 def add_compare_parser(sub):
@@ -31,13 +33,17 @@ def add_compare_parser(sub):
     p.add_argument("--L-stop", type=float, default=0.005)
     p.add_argument("--L-step", type=float, default=-0.001)
     p.add_argument("--epochs-per-L", type=int, default=4)
-    p.add_argument("--norm", choices=["squared", "l2"], default="l2",
-                   help="l2 (default: the authors' code; stable at the paper's L) or squared (the paper's formula)")
+    p.add_argument("--norm", choices=["squared", "l2"], default="squared",
+                   help="squared (default, the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
+    p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
+                   help="proximal (default: the penalties applied exactly after each optimizer step; stable at any "
+                        "learning rate) or gradient (an explicit gradient step on them)")
     p.add_argument("--split", choices=["channels", "layers", "random"], default="channels")
     p.add_argument("--anchor", choices=["zeros", "init"], default="zeros")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["sgd", "hta"],
-                   help="what to train (default: sgd hta); also hta_split (each twin sees half of each "
-                        "batch) and sgd_ema (SGD with Keras' use_ema=True)")
+                   help="what to train (default: sgd hta); also hta_l2 (the authors' form: l2 norms, explicit "
+                        "gradient step), hta_split (each twin sees half of each batch) and sgd_ema (SGD with "
+                        "Keras' use_ema=True)")
     p.add_argument("--out", default="compare_results", help="output folder (default compare_results)")
     p.add_argument("--multi-worker", action="store_true",
                    help="train with MultiWorkerMirroredStrategy across the workers in TF_CONFIG "
@@ -66,7 +72,7 @@ def add_data_model_arguments(p):
 
 def _config(args):
     return data_model_config(args, ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay",
-                                    "L_start", "L_stop", "L_step", "epochs_per_L", "norm", "split", "anchor",
+                                    "L_start", "L_stop", "L_step", "epochs_per_L", "norm", "penalty_update", "split", "anchor",
                                     "train_size", "test_size"), args.arms)
 
 
@@ -160,9 +166,10 @@ def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
         network = models.get(config["model"], config["width"], len(d["class_names"]), shape)
         model = network
         callbacks = []
-        if arm in ("hta", "hta_split"):
+        if arm in HTA_ARMS:
+            norm, update = ("l2", "gradient") if arm == "hta_l2" else (config["norm"], config["penalty_update"])
             model = hta.HomotopyModel.from_model(
-                network, split=config["split"], anchor=config["anchor"], norm=config["norm"],
+                network, split=config["split"], anchor=config["anchor"], norm=norm, penalty_update=update,
                 homotopy_l=config["L_start"], seed=seed,
                 twin_batch="split" if arm == "hta_split" else "full",
             )
@@ -213,7 +220,7 @@ def markdown(config, summary, command):
     s, h = summary.get("sgd"), summary.get("hta")
     lines = [f"Command: `{command}`", "", f"Data: {config['dataset']}; {config['epochs']} epochs; "
              f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs each; "
-             f"norm={config['norm']}, split={config['split']}, anchor={config['anchor']}", "",
+             f"norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, anchor={config['anchor']}", "",
              "Table 2 format (final-epoch test error, mean over seeds):", "",
              "| Model | Original error rate | Error rate with HTA | Rate of improvement |", "|---|---|---|---|"]
     if s and h:

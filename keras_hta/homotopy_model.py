@@ -7,8 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 import keras
-from keras.src.losses import loss as loss_module
-
 from keras_hta import anchors as anchors_lib
 from keras_hta import penalties as penalties_lib
 from keras_hta import schedules as schedules_lib
@@ -20,6 +18,31 @@ TWIN_BATCHES = ("full", "split")
 
 def _twin_suffix(k, num_groups):
     return "eta" if num_groups == 2 else f"eta{k}"
+
+
+def _replicas():
+    """Replicas the current step runs on (Keras divides each one's loss by it)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _assign_all(updates):
+    """Assigns `(variable, value)` pairs, in the cross-replica context under a strategy.
+
+    Every replica computed the same values from the same mirrored weights;
+    as Keras' optimizers do, the assignment happens once per device through
+    `strategy.extended.update`.
+    """
+
+    def assign(strategy, updates):
+        for variable, value in updates:
+            variable = getattr(variable, "value", variable)  # the tf.Variable
+            strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,), group=False)
+
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        assign(tf.distribute.get_strategy(), updates)
+    else:
+        context.merge_call(assign, args=(updates,))
 
 
 @contextlib.contextmanager
@@ -107,7 +130,18 @@ class HomotopyModel(keras.Model):
         homotopy_l: Float > 0, L before any scheduler changes it (default
             0.01, the start of the paper's schedule).
         norm: `"squared"` (default, the paper's formula) or `"l2"` (plain
-            norms, as the authors' published code does).
+            norms, as the authors' published code does; needs
+            `penalty_update="gradient"`).
+        penalty_update: `"proximal"` (default) or `"gradient"`. Proximal:
+            the compiled optimizer steps on Σ_k f(w_k) only (momentum,
+            clipping, weight decay, loss scaling as usual), then every
+            weight element is set to the exact minimiser of
+            `½‖w − w′‖² + γ·penalties(w)`, γ the optimizer's learning rate
+            at that iteration: stable at any learning rate and any L, as
+            Keras applies `weight_decay`. Gradient: the penalties' gradient
+            is added to f's (the paper's explicit step; SGD diverges on it
+            once `learning_rate · penalty_curvature() >= 2(1 + momentum)`,
+            and the model warns).
         twin_batch: `"full"` (default: every twin sees the whole batch, as
             the paper) or `"split"` (twin k sees examples k, k + m, k + 2m,
             ... of each batch, so a step costs about one plain step).
@@ -119,7 +153,8 @@ class HomotopyModel(keras.Model):
             not floating point.
         ValueError: no trainable weights, an unbuilt network, an unknown or
             empty split, a mask or anchor of the wrong shape,
-            `num_groups < 2`, a bad `norm`, or L <= 0, NaN or inf.
+            `num_groups < 2`, a bad `norm` or `penalty_update` (or
+            `norm="l2"` with `"proximal"`), or L <= 0, NaN or inf.
 
     Example:
 
@@ -147,10 +182,10 @@ class HomotopyModel(keras.Model):
         num_groups=2,
         homotopy_l=0.01,
         norm="squared",
+        penalty_update="proximal",
         twin_batch="full",
         seed=None,
         name=None,
-        _restoring=False,
         **kwargs,
     ):
         if network is None:
@@ -162,21 +197,22 @@ class HomotopyModel(keras.Model):
             network = keras.Model(inputs, outputs)
         elif inputs is not None or outputs is not None:
             raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
-        self._check_arguments(network, num_groups, norm)
+        self._check_arguments(network, num_groups, norm, penalty_update)
         if twin_batch not in TWIN_BATCHES:
             raise ValueError(
                 f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}"
             )
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
         variables = network.trainable_variables
-        if _restoring:  # masks and anchors come back with the weights
-            groups = [
-                splits_lib._split_channels(tuple(v.shape), num_groups)
-                for v in variables
-            ]
-            anchor_values = anchors_lib.resolve_anchor("zeros", variables)
+        # "custom" (what get_config records for a callable split or anchor):
+        # placeholders of the right shape, filled when the saved weights load.
+        if split == "custom":
+            groups = [np.zeros(tuple(v.shape), "int32") for v in variables]
         else:
             groups = splits_lib.assign_groups(network, variables, split, num_groups, seed)
+        if anchor == "custom":
+            anchor_values = [np.zeros(tuple(v.shape), v.dtype) for v in variables]
+        else:
             anchor_values = anchors_lib.resolve_anchor(anchor, variables)
 
         super().__init__(name=name or f"homotopy_{network.name}", **kwargs)
@@ -187,6 +223,7 @@ class HomotopyModel(keras.Model):
         ]
         self.num_groups = num_groups
         self.norm = norm
+        self.penalty_update = penalty_update
         self.twin_batch = twin_batch
         self.split = split if isinstance(split, str) else "custom"
         self.anchor = anchor if isinstance(anchor, str) else "custom"
@@ -202,14 +239,19 @@ class HomotopyModel(keras.Model):
             shape=(), initializer="zeros", trainable=False,
             name="homotopy_epoch", dtype="int64", aggregation="only_first_replica",
         )
-        self.anchors = [
-            self._constant_weight(value, f"anchor_{i}")
-            for i, value in enumerate(anchor_values)
+        # θ̃ = 0 is not stored; other anchors are one copy of the weights.
+        self._anchor_weights = None if anchor_values is None else [
+            self._constant_weight(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
         ]
-        self.anchor_masks = [
-            [self._constant_weight(m, f"anchor_mask_{k}_{i}") for i, m in enumerate(ms)]
-            for k, ms in enumerate(splits_lib.anchor_masks(groups, num_groups))
-        ]
+        # Channel and layer splits are derived from the network (a vector per
+        # weight or one integer); random and custom ones are stored (int32: collectives take no int8).
+        if self.split in ("channels", "layers"):
+            self._groups = [tf.constant(g, "int32") for g in groups]
+        else:
+            self._groups = [
+                self._constant_weight(g.astype("int32"), f"groups_{i}") for i, g in enumerate(groups)
+            ]
+        self._shapes = [tuple(v.shape) for v in variables]
         names = ["theta"] + [_twin_suffix(k, num_groups) for k in range(1, num_groups)]
         self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
@@ -229,7 +271,7 @@ class HomotopyModel(keras.Model):
         return cls(network=model, **kwargs)
 
     @staticmethod
-    def _check_arguments(network, num_groups, norm):
+    def _check_arguments(network, num_groups, norm, penalty_update):
         if not isinstance(network, keras.Model):
             raise TypeError(
                 "Argument `model` must be a keras.Model. "
@@ -247,6 +289,17 @@ class HomotopyModel(keras.Model):
         if norm not in penalties_lib.NORMS:
             raise ValueError(
                 f"Argument `norm` must be one of {penalties_lib.NORMS}. Received: norm={norm!r}"
+            )
+        if penalty_update not in penalties_lib.PENALTY_UPDATES:
+            raise ValueError(
+                f"Argument `penalty_update` must be one of {penalties_lib.PENALTY_UPDATES}. "
+                f"Received: penalty_update={penalty_update!r}"
+            )
+        if norm == "l2" and penalty_update == "proximal":
+            raise ValueError(
+                "Argument `penalty_update`='proximal' needs norm='squared' (the proximal step "
+                "is exact for the squared norms only). Received: norm='l2', "
+                "penalty_update='proximal'. Pass penalty_update='gradient' for the l2 form."
             )
         if not network.trainable_variables:
             raise ValueError(
@@ -277,6 +330,34 @@ class HomotopyModel(keras.Model):
         """The twins as a list of Keras models: `[θ, η, ...]`."""
         return [self.network] + list(self.twins)
 
+    @property
+    def anchors(self):
+        """The anchor θ̃ of each trainable weight, as tensors (zeros for `anchor="zeros"`)."""
+        if self._anchor_weights is None:
+            return [tf.zeros(shape, v.dtype) for shape, v in zip(self._shapes, self.network.trainable_variables)]
+        return [tf.convert_to_tensor(a) for a in self._anchor_weights]
+
+    def _free_masks(self, k, dtype="float32"):
+        """0/1 tensors, broadcastable to each weight, 1 where twin k is free."""
+        free = splits_lib.free_group(k, self.num_groups)
+        return [tf.cast(tf.equal(tf.cast(g, "int32"), free), dtype) for g in self._groups]
+
+    @property
+    def anchor_masks(self):
+        """Full-size 0/1 masks per twin and weight, 1 where the twin is anchored.
+
+        Computed on demand (the model stores only the groups).
+        """
+        return [
+            [tf.broadcast_to(1.0 - e, shape) for e, shape in zip(self._free_masks(k), self._shapes)]
+            for k in range(self.num_groups)
+        ]
+
+    def group_sizes(self):
+        """Number of weight elements in each group (group g: where twin g − 1 is free)."""
+        groups = [np.asarray(g) for g in self._groups]
+        return splits_lib.group_sizes(groups, self._shapes, self.num_groups)
+
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
 
@@ -284,23 +365,22 @@ class HomotopyModel(keras.Model):
         """Returns `(anchor, coupling)`: Σ_k ‖a_k ⊙ (w_k − θ̃)‖² and Σ_{j<k} ‖w_j − w_k‖².
 
         Unweighted by L (plain norms for `norm="l2"`). Subclasses may
-        override it to change the penalty terms.
+        override it to change the penalty terms (with
+        `penalty_update="gradient"`: the proximal step assumes these).
         """
+        masks = [[1.0 - e for e in self._free_masks(k)] for k in range(self.num_groups)]
         return penalties_lib.homotopy_penalties(
             [net.trainable_variables for net in self.nets],
-            self.anchors, self.anchor_masks, self.norm,
+            self._anchor_weights, masks, self.norm,
         )
 
     def penalty_curvature(self, homotopy_l=None):
         """Largest eigenvalue of the penalty terms' Hessian (`norm="squared"`).
 
-        Per weight element the penalties are a quadratic in the m twins' values
-        with Hessian `2L·diag(a) + (2/L)·(m·I − 11ᵀ)`, `a` marking the m − 1
-        anchored twins. Plain SGD with momentum β diverges on it once
-        `learning_rate · curvature >= 2(1 + β)` (2(1 + β)/(1 + 2β) with
-        Nesterov), whatever f does: for two twins the curvature is about
-        4/L for small L, so the paper's L = 0.01 needs a learning rate
-        below about 0.0095 with momentum 0.9.
+        See `keras_hta.penalties.penalty_curvature`. What limits an explicit
+        gradient step on the penalties (`penalty_update="gradient"`): SGD
+        with momentum β diverges once `learning_rate · curvature >=
+        2(1 + β)`; for two twins the curvature is about 4/L at small L.
 
         Args:
             homotopy_l: Float or `None` (the current L).
@@ -311,45 +391,50 @@ class HomotopyModel(keras.Model):
         if self.norm != "squared":
             return None
         L = float(self.homotopy_l.numpy()) if homotopy_l is None else float(homotopy_l)
-        m = self.num_groups
-        a = np.ones(m)
-        a[0] = 0.0
-        hessian = 2 * L * np.diag(a) + (2 / L) * (m * np.eye(m) - np.ones((m, m)))
-        return float(np.linalg.eigvalsh(hessian)[-1])
+        return penalties_lib.penalty_curvature(L, self.num_groups)
 
     def check_stability(self, homotopy_l=None):
         """Warns when SGD must diverge on the penalty terms at this L.
 
-        Checks `keras.optimizers.SGD` only (adaptive optimizers rescale the
-        step); see `penalty_curvature`. Returns True when no problem is seen.
+        Only an explicit gradient step on the squared penalties
+        (`penalty_update="gradient"`) can diverge; the proximal update
+        cannot. Checks `keras.optimizers.SGD`, also inside a wrapper such
+        as `LossScaleOptimizer` (adaptive optimizers rescale the step).
+        Called at `compile` and by `HomotopyScheduler` for each L it sets.
+
+        Returns:
+            True when no problem is seen.
         """
         optimizer = getattr(self, "optimizer", None)
+        while hasattr(optimizer, "inner_optimizer"):
+            optimizer = optimizer.inner_optimizer
         curvature = self.penalty_curvature(homotopy_l)
-        if curvature is None or not isinstance(optimizer, keras.optimizers.SGD):
+        if (self.penalty_update != "gradient" or curvature is None
+                or not isinstance(optimizer, keras.optimizers.SGD)):
             return True
         lr = float(np.asarray(optimizer.learning_rate))
-        beta = float(optimizer.momentum)
-        limit = 2 * (1 + beta) / (1 + 2 * beta) if optimizer.nesterov else 2 * (1 + beta)
+        limit = penalties_lib.sgd_divergence_limit(optimizer.momentum, optimizer.nesterov)
         if lr * curvature < limit:
             return True
         L = float(self.homotopy_l.numpy()) if homotopy_l is None else float(homotopy_l)
         warnings.warn(
-            f"HomotopyModel: with SGD(learning_rate={lr:g}, momentum={beta:g}) "
+            f"HomotopyModel: with SGD(learning_rate={lr:g}, momentum={optimizer.momentum:g}) "
             f"L={L:g} makes the penalty terms diverge: learning_rate x "
-            f"curvature = {lr * curvature:.3g} >= {limit:.3g}. Use a larger "
-            "L, a smaller learning rate, or norm='l2'.",
+            f"curvature = {lr * curvature:.3g} >= {limit:.3g}. Use "
+            "penalty_update='proximal', a larger L or a smaller learning rate.",
             RuntimeWarning,
             stacklevel=3,
         )
         return False
 
-    def fit(self, *args, **kwargs):
-        from keras_hta.homotopy_scheduler import HomotopyScheduler
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self.check_stability()
 
-        callbacks = kwargs.get("callbacks") or []
-        if not any(isinstance(c, HomotopyScheduler) for c in callbacks):
-            self.check_stability()  # a scheduler checks each L it sets
-        return super().fit(*args, **kwargs)
+    def compile_from_config(self, config):
+        # Keras skips a custom compile() when loading; this one is safe to run.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
 
     def _twin_loss(self, net, y, y_pred, sample_weight):
         """f of one twin: the compiled loss plus that twin's own losses.
@@ -372,43 +457,83 @@ class HomotopyModel(keras.Model):
         # evaluate(): f(θ) with θ's regularizers only, not every twin's.
         return self._twin_loss(self.network, y, y_pred, sample_weight)
 
+    def _twin_batches(self, x, y, sample_weight):
+        """What each twin trains on: the whole batch, or examples k, k + m, ...
+
+        With `twin_batch="split"` a batch of fewer than m examples goes
+        whole to every twin, so that no twin gets an empty batch.
+        """
+        m = self.num_groups
+        data = (x, y, sample_weight)
+        if self.twin_batch != "split":
+            return [data] * m
+        enough = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0] >= m
+
+        def part(k):
+            def take(t):
+                return None if t is None else tf.cond(enough, lambda: t[k::m], lambda: t)
+
+            return tf.nest.map_structure(take, data)
+
+        return [part(k) for k in range(m)]
+
+    def _proximal_step(self, gamma):
+        """Applies the penalties exactly after the optimizer's step (see `penalties.proximal_update`)."""
+        twin_variables = [net.trainable_variables for net in self.nets]
+        l_value = tf.cast(self.homotopy_l, "float32")
+        free = [self._free_masks(k) for k in range(self.num_groups)]
+        anchors = self._anchor_weights or [None] * len(self._groups)
+        updates = []
+        for i, anchor in enumerate(anchors):
+            values = [ws[i] for ws in twin_variables]
+            dtype = values[0].dtype
+            new = penalties_lib.proximal_update(
+                [tf.convert_to_tensor(v) for v in values], [e[i] for e in free],
+                tf.cast(gamma, dtype), tf.cast(l_value, dtype),
+                None if anchor is None else tf.cast(anchor, dtype),
+            )
+            updates += zip(values, new)
+        _assign_all(updates)
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
-        m = self.num_groups
-        if self.twin_batch == "split":  # twin k: examples k, k + m, ...
-            parts = [
-                tf.nest.map_structure(lambda t, k=k: None if t is None else t[k::m], (x, y, sample_weight))
-                for k in range(m)
-            ]
-        else:
-            parts = [(x, y, sample_weight)] * m
+        parts = self._twin_batches(x, y, sample_weight)
+        proximal = self.penalty_update == "proximal"
+        l_value = tf.cast(self.homotopy_l, "float32")
         with tf.GradientTape() as tape:
             twin_losses, predictions = [], []
             for net, (x_k, y_k, sw_k) in zip(self.nets, parts):
                 y_pred = net(x_k, training=True)
                 twin_losses.append(self._twin_loss(net, y_k, y_pred, sw_k))
                 predictions.append(y_pred)
-            anchor, coupling = self.penalties()
-            l_value = tf.cast(self.homotopy_l, "float32")
-            anchor_term = l_value * anchor
-            penalty = anchor_term + coupling / l_value
-            # Keras scales f by 1/replicas and sums gradients over replicas:
-            # the penalty, identical on every replica, must be scaled alike.
-            total = tf.add_n(twin_losses) + loss_module.scale_loss_for_distribution(
-                tf.cast(penalty, twin_losses[0].dtype)
-            )
-            scaled = self.optimizer.scale_loss(total) if self.optimizer else total
+            f_total = tf.add_n(twin_losses)
+            objective = f_total
+            if not proximal:  # the explicit step: the penalties' gradient joins f's
+                anchor, coupling = self.penalties()
+                penalty = l_value * anchor + coupling / l_value
+                # Keras scales f by 1/replicas and sums gradients over replicas:
+                # the penalty, identical on every replica, must be scaled alike.
+                objective = f_total + tf.cast(penalty, f_total.dtype) / _replicas()
+            scaled = self.optimizer.scale_loss(objective) if self.optimizer else objective
         gradients = tape.gradient(scaled, variables)
+        if proximal:  # H's penalties at the weights f was evaluated at, for the logs
+            anchor, coupling = self.penalties()
+            penalty = l_value * anchor + coupling / l_value
+            gamma = tf.identity(tf.cast(self.optimizer.learning_rate, "float32"))  # before the step
         self.optimizer.apply(gradients, variables)
+        if proximal:
+            self._proximal_step(gamma)
 
         x, y, sample_weight = parts[0]  # θ's examples: its metrics and loss weights
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        unscale = loss_module.unscale_loss_for_distribution
-        self._loss_tracker.update_state(unscale(total), sample_weight=batch)
+        replicas = tf.cast(_replicas(), "float32")
+        self._loss_tracker.update_state(
+            tf.cast(f_total, "float32") * replicas + tf.cast(penalty, "float32"), sample_weight=batch
+        )
         for tracker, value in zip(self.twin_loss_trackers, twin_losses):
-            tracker.update_state(unscale(value), sample_weight=batch)
-        self.anchor_tracker.update_state(anchor_term)
+            tracker.update_state(tf.cast(value, "float32") * replicas, sample_weight=batch)
+        self.anchor_tracker.update_state(l_value * anchor)
         self.coupling_tracker.update_state(coupling)
         self.l_tracker.update_state(l_value)
         return self.compute_metrics(x, y, predictions[0], sample_weight=sample_weight)
@@ -427,6 +552,7 @@ class HomotopyModel(keras.Model):
                 "num_groups": self.num_groups,
                 "homotopy_l": self._initial_l,
                 "norm": self.norm,
+                "penalty_update": self.penalty_update,
                 "twin_batch": self.twin_batch,
                 "seed": self.seed,
             }
@@ -439,6 +565,6 @@ class HomotopyModel(keras.Model):
         network = keras.saving.deserialize_keras_object(
             config.pop("network"), custom_objects=custom_objects
         )
-        # Groups and anchors come back with the weights, so a callable split
-        # or anchor (saved as "custom") need not be rebuilt.
-        return cls(network=network, _restoring=True, **config)
+        # A callable split or anchor is saved as "custom": its groups or
+        # anchors are created shape-only and come back with the weights.
+        return cls(network=network, **config)

@@ -1,15 +1,26 @@
-"""The two penalty terms of the homotopy objective.
+"""The penalty terms of the homotopy objective, their exact proximal step, and
+the stability bound of a gradient step on them.
 
     H = Σ_k f(w_k) + L · Σ_k ‖a_k ⊙ (w_k − θ̃)‖² + (1/L) · Σ_{j<k} ‖w_j − w_k‖²
 
-with twins w_0 = θ, w_1 = η, ..., anchor θ̃ and anchor masks a_k. With
+with twins w_0 = θ, w_1 = η, ..., anchor θ̃ and anchor masks a_k (1 where
+twin k is anchored; exactly one twin is free at each weight element). With
 `norm="l2"` each ‖·‖² is replaced by the plain Euclidean norm ‖·‖ (as the
 authors' published code does); its gradient at 0 is taken as 0.
+
+The two penalties are a known quadratic (for `norm="squared"`), so
+`HomotopyModel` applies them exactly after the optimizer's step on Σ f
+(`proximal_update`), the way Keras applies `weight_decay`: stable at any
+learning rate. `penalty_curvature` and `sgd_divergence_limit` describe the
+older explicit gradient step (`penalty_update="gradient"`), which diverges
+once `learning_rate · curvature` crosses the limit.
 """
 
+import numpy as np
 import tensorflow as tf
 
 NORMS = ("squared", "l2")
+PENALTY_UPDATES = ("proximal", "gradient")
 
 
 def _safe_sqrt(x):
@@ -28,8 +39,10 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
     Args:
         twin_variables: List over twins of lists of trainable variables,
             aligned across twins.
-        anchors: List of anchor tensors, aligned with each twin's variables.
-        masks: List over twins of lists of 0/1 masks (1 = anchored).
+        anchors: List of anchor tensors aligned with each twin's variables,
+            or `None` for θ̃ = 0.
+        masks: List over twins of lists of 0/1 masks (1 = anchored), each
+            of the variable's shape or broadcastable to it.
         norm: `"squared"` or `"l2"`.
 
     Returns:
@@ -38,9 +51,14 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
         `coupling = Σ_{j<k} ‖w_j − w_k‖²` (norms, not squares, for `"l2"`).
     """
     finish = (lambda s: s) if norm == "squared" else _safe_sqrt
+    offsets = anchors or [None] * len(twin_variables[0])
+
+    def displaced(w, a):
+        return w if a is None else w - a
+
     anchor = tf.add_n(
         [
-            finish(_sum_sq([m * (w - a) for w, a, m in zip(ws, anchors, ms)]))
+            finish(_sum_sq([tf.cast(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
             for ws, ms in zip(twin_variables, masks)
         ]
     )
@@ -50,3 +68,92 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
             diffs = [u - v for u, v in zip(twin_variables[j], twin_variables[k])]
             pairs.append(finish(_sum_sq(diffs)))
     return anchor, tf.add_n(pairs)
+
+
+def proximal_update(values, free, gamma, homotopy_l, anchor=None):
+    """The exact minimiser of the penalties' proximal problem, elementwise.
+
+    For twin values `w′_k` (after the optimizer's step on Σ f) returns the
+    `w_k` that minimise, at every element,
+
+        ½·Σ_k (w_k − w′_k)² + γ·[L·Σ_k a_k·(w_k − θ̃)² + (1/L)·Σ_{j<k} (w_j − w_k)²]
+
+    where `a_k = 1 − free_k` and exactly one twin is free at each element.
+    Setting the gradient to zero gives the m×m system
+    `(D − c·11ᵀ) w = w′ + d·a·θ̃` with `c = 2γ/L`, `d = 2γL` and the diagonal
+    `D_k = 1 + c·m + d·a_k`; Sherman–Morrison solves it in closed form:
+
+        w_k = (w′_k + d·a_k·θ̃ + u) / D_k,   u = c·(Σ_k r_k/D_k) / (1 − c·Σ_k 1/D_k)
+
+    with `r_k = w′_k + d·a_k·θ̃`. Every operation is elementwise, so the cost
+    is a few passes over the weights, whatever m is.
+
+    Args:
+        values: List of m tensors of one shape, the twins' values `w′_k`.
+        free: List of m 0/1 tensors broadcastable to that shape, 1 where
+            twin k is free (exactly one 1 per element across the list).
+        gamma: Scalar tensor or float, the step size γ (the optimizer's
+            learning rate at this iteration).
+        homotopy_l: Scalar tensor or float, L > 0.
+        anchor: Tensor of the values' shape, or `None` for θ̃ = 0.
+
+    Returns:
+        The list of m updated tensors.
+    """
+    m = len(values)
+    dtype = values[0].dtype
+    gamma = tf.cast(gamma, dtype)
+    L = tf.cast(homotopy_l, dtype)
+    c, d = 2.0 * gamma / L, 2.0 * gamma * L
+    inv_free = 1.0 / (1.0 + c * m)          # 1/D for the free twin
+    inv_anchored = 1.0 / (1.0 + c * m + d)  # 1/D for an anchored twin
+    # Σ_k 1/D_k is the same at every element: one free twin, m − 1 anchored.
+    total_inv = inv_free + (m - 1) * inv_anchored
+    free = [tf.cast(e, dtype) for e in free]
+    free_value = tf.add_n([e * w for e, w in zip(free, values)])
+    weighted = tf.add_n(values) * inv_anchored + free_value * (inv_free - inv_anchored)
+    if anchor is not None:
+        weighted += d * (m - 1) * inv_anchored * anchor
+    u = c * weighted / (1.0 - c * total_inv)
+    result = []
+    for e, w in zip(free, values):
+        inv = inv_anchored + e * (inv_free - inv_anchored)
+        r = w + u if anchor is None else w + u + (1.0 - e) * d * anchor
+        result.append(r * inv)
+    return result
+
+
+def penalty_curvature(homotopy_l, num_groups=2):
+    """Largest eigenvalue of the penalty terms' Hessian per weight element.
+
+    Per element the squared penalties are a quadratic in the m twins' values
+    with Hessian `2L·diag(a) + (2/L)·(m·I − 11ᵀ)`, `a` marking the m − 1
+    anchored twins. For two twins it is `L + 2/L + √(L² + 4/L²)`, about 4/L
+    for small L.
+
+    Args:
+        homotopy_l: Float, L > 0.
+        num_groups: Integer, the number of twins m.
+
+    Returns:
+        A float.
+    """
+    L, m = float(homotopy_l), int(num_groups)
+    a = np.ones(m)
+    a[0] = 0.0
+    hessian = 2 * L * np.diag(a) + (2 / L) * (m * np.eye(m) - np.ones((m, m)))
+    return float(np.linalg.eigvalsh(hessian)[-1])
+
+
+def sgd_divergence_limit(momentum=0.0, nesterov=False):
+    """The `learning_rate · curvature` at which SGD diverges on a quadratic.
+
+    Heavy-ball SGD with momentum β is stable on a quadratic of curvature λ
+    iff `learning_rate · λ < 2(1 + β)`; Nesterov's variant iff
+    `learning_rate · λ < 2(1 + β)/(1 + 2β)`.
+
+    Returns:
+        A float.
+    """
+    beta = float(momentum)
+    return 2 * (1 + beta) / (1 + 2 * beta) if nesterov else 2 * (1 + beta)

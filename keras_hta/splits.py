@@ -17,29 +17,63 @@ def free_group(twin, num_groups):
     return (twin + 1) % num_groups
 
 
-def anchor_masks(groups, num_groups):
-    """Turns group indices into one 0/1 float mask per twin and variable.
+def free_masks(groups, num_groups):
+    """One 0/1 float mask per twin and variable, 1 where that twin is free.
 
     Args:
-        groups: List of integer arrays, one per trainable variable.
+        groups: List of integer arrays of group indices, one per trainable
+            variable (each of the variable's shape or broadcastable to it).
         num_groups: Integer, the number of twins and groups.
 
     Returns:
-        A list over twins of lists over variables of float32 arrays, 1 where
-        that twin is pulled towards the anchor.
+        A list over twins of lists over variables of float32 arrays of the
+        groups' shapes.
     """
     return [
-        [(g != free_group(k, num_groups)).astype("float32") for g in groups]
+        [(np.asarray(g) == free_group(k, num_groups)).astype("float32") for g in groups]
         for k in range(num_groups)
     ]
+
+
+def anchor_masks(groups, num_groups):
+    """One 0/1 float mask per twin and variable, 1 where that twin is anchored.
+
+    The complement of `free_masks`, with the same arguments and shapes.
+    """
+    return [[1.0 - e for e in masks] for masks in free_masks(groups, num_groups)]
+
+
+def group_sizes(groups, shapes, num_groups):
+    """Number of weight elements in each group.
+
+    Args:
+        groups: List of integer arrays broadcastable to `shapes`.
+        shapes: List of the variables' shapes.
+        num_groups: Integer.
+
+    Returns:
+        A list of `num_groups` integers.
+    """
+    counts = np.zeros(num_groups, "int64")
+    for g, shape in zip(groups, shapes):
+        g = np.asarray(g)
+        repeats = int(np.prod(shape)) // max(g.size, 1)
+        counts += repeats * np.bincount(g.ravel(), minlength=num_groups)[:num_groups]
+    return counts.tolist()
 
 
 def layer_owners(model, variables):
     """Index of the (innermost) layer owning each variable, in model order."""
     owner = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+
+    def visit(layer):
         for v in layer.trainable_weights:
             owner[id(v)] = id(layer)  # children come later: innermost wins
+        for child in getattr(layer, "layers", []):
+            visit(child)
+
+    for layer in model.layers:
+        visit(layer)
     order, result = {}, []
     for v in variables:
         key = owner.get(id(v), id(model))
@@ -48,21 +82,41 @@ def layer_owners(model, variables):
 
 
 def _split_channels(shape, num_groups):
-    """Contiguous blocks along the last axis (output channels / units)."""
+    """Contiguous blocks along the last axis (output channels / units).
+
+    Returns a vector over the last axis (it broadcasts against the weight),
+    or, for a weight with fewer outputs than groups (e.g. a Dense(1) head),
+    a full-size array that cuts its elements instead.
+    """
     if len(shape) == 0:
-        return np.zeros(shape, "int32")
+        return np.zeros((), "int32")
     if shape[-1] >= num_groups:
-        blocks = np.array_split(np.arange(shape[-1]), num_groups)
         ids = np.zeros(shape[-1], "int32")
-        for g, block in enumerate(blocks):
+        for g, block in enumerate(np.array_split(np.arange(shape[-1]), num_groups)):
             ids[block] = g
-        return np.broadcast_to(ids, shape).copy()
-    # Fewer outputs than groups (e.g. a Dense(1) head): split the elements.
+        return ids
     size = int(np.prod(shape))
     ids = np.zeros(size, "int32")
     for g, block in enumerate(np.array_split(np.arange(size), num_groups)):
         ids[block] = g
     return ids.reshape(shape)
+
+
+def _balanced_cuts(sizes, num_groups):
+    """Group of each item when cut into contiguous runs of near-equal total size."""
+    cumulative = np.cumsum(sizes)
+    total, n = cumulative[-1], len(sizes)
+    groups = np.zeros(n, "int32")
+    start = 0  # first item of the current run
+    for j in range(1, num_groups):
+        # The run ends after item b: at least one item per remaining group.
+        candidates = np.arange(start, n - (num_groups - j))
+        if len(candidates) == 0:
+            break
+        b = candidates[np.argmin(np.abs(cumulative[candidates] - j * total / num_groups))]
+        groups[b + 1:] = j
+        start = b + 1
+    return groups
 
 
 def _from_callable(split, variable, num_groups):
@@ -95,61 +149,65 @@ def _from_callable(split, variable, num_groups):
 def assign_groups(model, variables, split, num_groups, seed=None):
     """Assigns every element of every trainable variable to a group.
 
+    What each split does, also on an unbalanced network:
+
+    - `"channels"`: each weight's last axis (output channels or units) is
+      cut into `num_groups` contiguous blocks; biases go with their
+      channels; a weight with fewer outputs than groups is cut element-wise.
+      Every layer is shared about equally, whatever its size. Stored as one
+      small vector per weight, not a full-size mask.
+    - `"layers"`: the layers holding weights, in model order, are cut into
+      `num_groups` contiguous runs holding about equal numbers of weight
+      elements (cuts only at layer boundaries). On a network whose weights
+      sit mostly in a few layers the groups can only be as balanced as
+      those layers allow: see `HomotopyModel.group_sizes()`. Stored as one
+      integer per weight.
+    - `"random"`: each element drawn uniformly from the groups with `seed`,
+      fixed for the whole run (a dropout-style mask). Stored full-size.
+    - a callable `variable -> array` of the variable's shape holding group
+      indices (or, for two groups, a boolean mask that is True on the
+      paper's θ₁). Stored full-size.
+
     Args:
         model: The Keras model owning `variables` (used by `"layers"`).
         variables: List of the model's trainable variables.
-        split: `"channels"` (each weight's last axis, i.e. output channels
-            or units, cut into `num_groups` contiguous blocks; biases go with
-            their channels; a weight with fewer outputs than groups is cut
-            element-wise), `"layers"` (the layers holding weights cut into
-            `num_groups` contiguous runs, in model order), `"random"` (each
-            element drawn uniformly from the groups with `seed`, fixed for
-            the whole run: a dropout-style mask), or a callable
-            `variable -> array` of the variable's shape holding group
-            indices (or, for two groups, a boolean mask that is True on the
-            paper's θ₁).
+        split: `"channels"`, `"layers"`, `"random"` or a callable.
         num_groups: Integer >= 2.
         seed: Integer or `None`, for `"random"`.
 
     Returns:
-        A list of int32 arrays of group indices, one per variable.
+        A list of int32 arrays of group indices, one per variable, each of
+        the variable's shape or broadcastable to it.
 
     Raises:
         ValueError: if `split` is unknown, returns a wrong shape or values,
             or leaves a group without any element.
     """
+    shapes = [tuple(v.shape) for v in variables]
     if callable(split):
         groups = [_from_callable(split, v, num_groups) for v in variables]
     elif split == "channels":
-        groups = [_split_channels(tuple(v.shape), num_groups) for v in variables]
+        groups = [_split_channels(shape, num_groups) for shape in shapes]
     elif split == "layers":
         owners = layer_owners(model, variables)
-        n_layers = max(owners) + 1
-        layer_group = np.zeros(n_layers, "int32")
-        for g, block in enumerate(np.array_split(np.arange(n_layers), num_groups)):
-            layer_group[block] = g
-        groups = [
-            np.full(tuple(v.shape), layer_group[o], "int32")
-            for v, o in zip(variables, owners)
-        ]
+        sizes = np.zeros(max(owners) + 1, "int64")
+        for o, shape in zip(owners, shapes):
+            sizes[o] += int(np.prod(shape))
+        layer_group = _balanced_cuts(sizes, num_groups)
+        groups = [np.array(layer_group[o], "int32") for o in owners]
     elif split == "random":
         rng = np.random.default_rng(seed)
-        groups = [
-            rng.integers(0, num_groups, size=tuple(v.shape)).astype("int32")
-            for v in variables
-        ]
+        groups = [rng.integers(0, num_groups, size=shape).astype("int32") for shape in shapes]
     else:
         raise ValueError(
             f"Argument `split` must be one of {SPLITS} or a callable. "
             f"Received: split={split!r}"
         )
-    counts = np.bincount(
-        np.concatenate([g.ravel() for g in groups]), minlength=num_groups
-    )
-    if (counts == 0).any():
+    counts = group_sizes(groups, shapes, num_groups)
+    if 0 in counts:
         raise ValueError(
             f"Argument `split`={split!r} leaves a group empty with "
-            f"num_groups={num_groups}: elements per group {counts.tolist()}. "
+            f"num_groups={num_groups}: elements per group {counts}. "
             "Use fewer groups or another split."
         )
     return groups

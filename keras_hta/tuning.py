@@ -53,6 +53,8 @@ class HomotopyHyperModel(keras_tuner.HyperModel):
         anchor: String or list of `"zeros"`, `"init"`.
         num_groups: Integer or list.
         norm: `"squared"` or `"l2"` (not tuned).
+        penalty_update: `"proximal"` (default) or `"gradient"` (needed by
+            `norm="l2"`); not tuned.
         compile_kwargs: Dict for `compile()` when `build_fn` returns an
             uncompiled model.
         name, tunable: As for `keras_tuner.HyperModel`.
@@ -77,7 +79,8 @@ class HomotopyHyperModel(keras_tuner.HyperModel):
 
     def __init__(self, build_fn, l_start=(1e-3, 1.0), l_stop=(1e-3, 1.0), schedule=("linear", "geometric"),
                  values=(2, 6), epochs_per_value=(1, 4), split="channels", anchor=["zeros", "init"],
-                 num_groups=2, norm="squared", compile_kwargs=None, name=None, tunable=True):
+                 num_groups=2, norm="squared", penalty_update="proximal", compile_kwargs=None, name=None,
+                 tunable=True):
         super().__init__(name=name, tunable=tunable)
         if not callable(build_fn):
             raise TypeError(f"Argument `build_fn` must be callable. Received: build_fn={build_fn!r}")
@@ -91,6 +94,7 @@ class HomotopyHyperModel(keras_tuner.HyperModel):
             "split": split, "anchor": anchor, "num_groups": num_groups,
         }
         self.norm = norm
+        self.penalty_update = penalty_update
         self.compile_kwargs = compile_kwargs
 
     def declare(self, hp):
@@ -114,7 +118,7 @@ class HomotopyHyperModel(keras_tuner.HyperModel):
         compile_config = network.get_compile_config() if network.compiled else None
         model = keras_hta.HomotopyModel.from_model(
             network, split=choices["split"], anchor=choices["anchor"], num_groups=int(choices["num_groups"]),
-            norm=self.norm, homotopy_l=float(choices["l_start"]),
+            norm=self.norm, penalty_update=self.penalty_update, homotopy_l=float(choices["l_start"]),
         )
         if compile_config is not None:
             model.compile_from_config(compile_config)
@@ -154,7 +158,10 @@ def add_tune_parser(sub):
     add_data_model_arguments(p)
     p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
     p.add_argument("--max-trials", type=int, default=6)
-    p.add_argument("--norm", choices=["squared", "l2"], default="l2")
+    p.add_argument("--norm", choices=["squared", "l2"], default="squared",
+                   help="squared (default, the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
+    p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
+                   help="proximal (default: the penalties applied exactly) or gradient (an explicit step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--directory", default="tune_results", help="keras-tuner's folder (default tune_results)")
     p.set_defaults(func=run_tune, epochs=6)
@@ -183,7 +190,7 @@ def run_tune(args):
         )
         return network
 
-    hypermodel = HomotopyHyperModel(build, norm=args.norm)
+    hypermodel = HomotopyHyperModel(build, norm=args.norm, penalty_update=args.penalty_update)
     common = dict(objective="val_accuracy", directory=args.directory, project_name=config["model"],
                   seed=args.seed, overwrite=True)
     gpus = tf.config.list_logical_devices("GPU")

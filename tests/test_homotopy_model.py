@@ -1,6 +1,8 @@
 """HomotopyModel: the step's gradient in closed form, limits in L, equivalence
 with plain Keras, separate twins, and bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,7 +51,7 @@ def test_one_step_equals_closed_form_gradient(norm, num_groups):
     sw = np.linspace(0.5, 1.5, len(x)).astype("float32")
     model = hta.HomotopyModel.from_model(
         dense_network(l2=l2), anchor="zeros", split="random", seed=3,
-        num_groups=num_groups, homotopy_l=L, norm=norm,
+        num_groups=num_groups, homotopy_l=L, norm=norm, penalty_update="gradient",
     )
     rng = np.random.default_rng(1)
     for twin in model.twins:  # make the twins differ so the coupling acts
@@ -74,7 +76,9 @@ def test_one_step_equals_closed_form_gradient(norm, num_groups):
 def test_first_step_with_init_anchor_is_plain_sgd_step():
     x, y = regression_data()
     plain = dense_network(hidden=5)
-    model = hta.HomotopyModel.from_model(dense_network(hidden=5), anchor="init", homotopy_l=0.3)
+    # The explicit step: the penalties' gradient is zero where every twin sits on the anchor.
+    model = hta.HomotopyModel.from_model(
+        dense_network(hidden=5), anchor="init", homotopy_l=0.3, penalty_update="gradient")
     plain.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     h_plain = plain.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
@@ -85,7 +89,7 @@ def test_first_step_with_init_anchor_is_plain_sgd_step():
     np.testing.assert_allclose(h_hta.history["loss"][0], 2 * h_plain.history["loss"][0], rtol=1e-6)
 
 
-class _NoPenalty(hta.HomotopyModel):
+class _NoPenalty(hta.HomotopyModel):  # with penalty_update="gradient"
     def penalties(self):
         return tf.constant(0.0), tf.constant(0.0)
 
@@ -94,7 +98,8 @@ class _NoPenalty(hta.HomotopyModel):
 def test_without_penalties_twins_train_exactly_like_plain_keras(num_groups):
     x, y = regression_data(n=48)
     plain = dense_network(hidden=6, batch_norm=True)
-    model = _NoPenalty.from_model(dense_network(hidden=6, batch_norm=True), num_groups=num_groups)
+    model = _NoPenalty.from_model(
+        dense_network(hidden=6, batch_norm=True), num_groups=num_groups, penalty_update="gradient")
     for m in (plain, model):
         m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
     h_plain = plain.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
@@ -190,6 +195,10 @@ def test_bad_input_is_refused_before_training():
         hta.HomotopyModel.from_model(dense_network(), num_groups=1)
     with pytest.raises(ValueError, match="norm"):
         hta.HomotopyModel.from_model(dense_network(), norm="l1")
+    with pytest.raises(ValueError, match="penalty_update='newton'"):
+        hta.HomotopyModel.from_model(dense_network(), penalty_update="newton")
+    with pytest.raises(ValueError, match="norm='l2', penalty_update='proximal'"):
+        hta.HomotopyModel.from_model(dense_network(), norm="l2")
     with pytest.raises(TypeError, match="model"):
         hta.HomotopyModel.from_model("not a model")
     frozen = dense_network()
@@ -238,7 +247,8 @@ def test_penalty_curvature_closed_form_for_two_twins():
     for L in (0.01, 0.3, 5.0):
         want = L + 2 / L + np.sqrt(L**2 + 4 / L**2)  # eigenvalues of [[2L+2/L, -2/L], [-2/L, 2/L]]
         assert model.penalty_curvature(L) == pytest.approx(want, rel=1e-12)
-    assert hta.HomotopyModel.from_model(dense_network(), norm="l2").penalty_curvature() is None
+    l2 = hta.HomotopyModel.from_model(dense_network(), norm="l2", penalty_update="gradient")
+    assert l2.penalty_curvature() is None
 
 
 def test_stability_warning_matches_real_divergence():
@@ -250,15 +260,16 @@ def test_stability_warning_matches_real_divergence():
     results = {}
     for factor in (0.8, 1.25):
         L = L_edge * factor
-        model = hta.HomotopyModel.from_model(dense_network(), homotopy_l=L, split="random", seed=0)
+        model = hta.HomotopyModel.from_model(
+            dense_network(), homotopy_l=L, split="random", seed=0, penalty_update="gradient")
         model.twins[0].set_weights([w + 0.01 for w in model.twins[0].get_weights()])
-        model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
         stable = lr * curv(L) < 3.8
         if stable:
-            model.fit(x, y, batch_size=32, epochs=60, verbose=0)
+            model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
         else:
             with pytest.warns(RuntimeWarning, match="diverge"):
-                model.fit(x, y, batch_size=32, epochs=60, verbose=0)
+                model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
+        model.fit(x, y, batch_size=32, epochs=60, verbose=0)
         gap = float(model.penalties()[1])
         results[stable] = gap
     assert results[True] < 1e-4      # contracted
@@ -283,7 +294,7 @@ def test_per_output_loss_metrics_report_theta_only():
 
 def test_split_batch_twins_train_like_plain_keras_on_their_slices():
     x, y = regression_data(n=48)
-    model = _NoPenalty.from_model(dense_network(hidden=6), twin_batch="split")
+    model = _NoPenalty.from_model(dense_network(hidden=6), twin_batch="split", penalty_update="gradient")
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     for k, net in enumerate(model.nets):
@@ -299,3 +310,149 @@ def test_split_batch_twins_train_like_plain_keras_on_their_slices():
             np.testing.assert_allclose(history.history["f_theta"], h.history["loss"], rtol=1e-5)
     with pytest.raises(ValueError, match="twin_batch='half'"):
         hta.HomotopyModel.from_model(dense_network(), twin_batch="half")
+
+
+# --- penalty_update="proximal" (the default) --------------------------------
+
+
+def _f_step(x, y, twins, lr):
+    """One SGD step on f alone (MSE) for each linear twin y = xW + b."""
+    n, n_out = y.shape
+    new = []
+    for W, b in twins:
+        g_r = 2.0 * (x @ W + b - y) / (n * n_out)
+        new.append([W - lr * (x.T @ g_r), b - lr * g_r.sum(0)])
+    return new
+
+
+def _prox_by_linear_solve(twins, anchor, masks, gamma, L):
+    """The proximal step solved element by element as an m×m linear system."""
+    m = len(twins)
+    out = [[np.empty_like(w) for w in ws] for ws in twins]
+    for i in range(len(twins[0])):
+        for index in np.ndindex(twins[0][i].shape):
+            a = np.array([masks[k][i][index] for k in range(m)])
+            A = np.eye(m) + 2 * gamma * L * np.diag(a) + (2 * gamma / L) * (m * np.eye(m) - np.ones((m, m)))
+            rhs = np.array([twins[k][i][index] for k in range(m)]) + 2 * gamma * L * a * anchor[i][index]
+            for k, value in enumerate(np.linalg.solve(A, rhs)):
+                out[k][i][index] = value
+    return out
+
+
+@pytest.mark.parametrize("num_groups", [2, 3])
+def test_proximal_fit_steps_equal_optimizer_step_then_closed_form(num_groups):
+    x, y = regression_data(n=16)
+    L = 0.2
+    model = hta.HomotopyModel.from_model(
+        dense_network(), anchor=lambda v: np.full(v.shape, 0.3), split="random", seed=4,
+        num_groups=num_groups, homotopy_l=L,
+    )
+    rng = np.random.default_rng(2)
+    for twin in model.twins:
+        twin.set_weights([w + rng.normal(scale=0.3, size=w.shape) for w in twin.get_weights()])
+    twins = [net.get_weights() for net in model.nets]
+    anchor = [a.numpy() for a in model.anchors]
+    masks = [[m.numpy() for m in ms] for ms in model.anchor_masks]
+    # A learning-rate schedule: γ must follow it step by step.
+    lr = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.5, 0.125])
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for step, gamma in enumerate((0.5, 0.125)):
+        batch = slice(8 * step, 8 * step + 8)
+        twins = _prox_by_linear_solve(_f_step(x[batch], y[batch], twins, gamma), anchor, masks, gamma, L)
+    for net, expected in zip(model.nets, twins):
+        for got, want in zip(net.get_weights(), expected):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_proximal_logs_h_at_the_step_start():
+    x, y = regression_data(n=16)
+    L = 0.3
+    model = hta.HomotopyModel.from_model(dense_network(), homotopy_l=L)
+    model.twins[0].set_weights([w + 0.2 for w in model.twins[0].get_weights()])
+    anchor0, coupling0 = (float(t) for t in model.penalties())
+    f0 = [float(np.mean((net.predict(x, verbose=0) - y) ** 2)) for net in model.nets]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    logs = {k: v[0] for k, v in model.fit(x, y, batch_size=16, epochs=1, verbose=0).history.items()}
+    np.testing.assert_allclose([logs["f_theta"], logs["f_eta"]], f0, rtol=1e-5)
+    np.testing.assert_allclose(logs["anchor_penalty"], L * anchor0, rtol=1e-5)
+    np.testing.assert_allclose(logs["coupling"], coupling0, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], sum(f0) + L * anchor0 + coupling0 / L, rtol=1e-5)
+    np.testing.assert_allclose(logs["homotopy_l"], L, rtol=1e-6)
+
+
+def test_proximal_is_stable_far_beyond_the_explicit_bound():
+    # L = 1e-4: curvature ≈ 4e4, so lr 0.0095 is 100× the explicit step's bound
+    # lr · curvature < 3.8 (momentum 0.9).
+    x, y = regression_data(n=32)
+    L, lr = 1e-4, 0.0095
+    gaps = {}
+    for update in ("proximal", "gradient"):
+        model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=L, penalty_update=update)
+        assert lr * model.penalty_curvature() > 100 * 3.8 * 0.99
+        model.twins[0].set_weights([w + 0.01 for w in model.twins[0].get_weights()])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
+            history = model.fit(x, y, batch_size=8, epochs=10, verbose=0)
+        gaps[update] = (float(model.penalties()[1]), history.history["loss"])
+    gap, losses = gaps["proximal"]
+    assert np.all(np.isfinite(losses)) and gap < 1e-6
+    assert losses[-1] < losses[0]
+    assert not gaps["gradient"][0] < 1.0  # the explicit step blows up here
+
+
+def test_proximal_and_gradient_updates_agree_to_second_order_in_lr():
+    x, y = regression_data(n=16)
+    gaps = []
+    for lr in (0.02, 0.01, 0.005):
+        nets = {}
+        for update in ("proximal", "gradient"):
+            model = hta.HomotopyModel.from_model(
+                dense_network(), homotopy_l=0.5, anchor="init", split="random", seed=1, penalty_update=update)
+            model.twins[0].set_weights([w + 0.3 for w in model.twins[0].get_weights()])
+            model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+            nets[update] = np.concatenate([w.ravel() for net in model.nets for w in net.get_weights()])
+        gaps.append(np.abs(nets["proximal"] - nets["gradient"]).max())
+    ratios = [gaps[0] / gaps[1], gaps[1] / gaps[2]]
+    assert all(3.5 < r < 4.5 for r in ratios), ratios
+
+
+def test_proximal_limits_of_l_in_one_step():
+    x, y = regression_data(n=16)
+    model = hta.HomotopyModel.from_model(dense_network(hidden=4), homotopy_l=1e-7, num_groups=3)
+    for k, twin in enumerate(model.twins):
+        twin.set_weights([w + 0.2 * (k + 1) for w in twin.get_weights()])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for net in model.twins:  # L → 0: every twin equals the others
+        for a, b in zip(net.get_weights(), model.network.get_weights()):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+    model = hta.HomotopyModel.from_model(dense_network(hidden=4), homotopy_l=1e7, anchor="zeros")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for net, masks in zip(model.nets, model.anchor_masks):  # L → ∞: anchored groups on θ̃ = 0
+        for w, m in zip(net.trainable_weights, masks):
+            np.testing.assert_allclose(w.numpy()[m.numpy() == 1], 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_split_batch_never_hands_a_twin_an_empty_batch(batch):
+    # m = 3 twins with BatchNorm; batches of 1, m − 1, m, m + 1 examples.
+    x, y = regression_data(n=batch)
+    model = _NoPenalty.from_model(
+        dense_network(hidden=4, batch_norm=True), num_groups=3, twin_batch="split", penalty_update="gradient")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    assert all(np.isfinite(v[0]) for v in history.history.values())
+    for k, net in enumerate(model.nets):
+        assert all(np.all(np.isfinite(w)) for w in net.get_weights())
+        # Fewer examples than twins: every twin trains on the whole batch.
+        part = slice(None) if batch < 3 else slice(k, None, 3)
+        plain = dense_network(hidden=4, batch_norm=True)
+        plain.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        plain.fit(x[part], y[part], batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        for got, want in zip(net.get_weights(), plain.get_weights()):
+            np.testing.assert_allclose(got, want, atol=1e-6)
