@@ -3,8 +3,12 @@
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
+
+# TensorFlow's C++ start-up lines, unless the user chose a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _anchor(text):
@@ -51,11 +55,16 @@ def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
 
 
 def run_nonconvex(args):
+    from keras_hta.compare import l_schedule
+
+    schedule = l_schedule({"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step})
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"Argument `--workers` must be >= 1. Received: --workers {args.workers}")
+    if any(n < 1 for n in args.n):
+        raise ValueError(f"Argument `--n` must be >= 1. Received: --n {' '.join(map(str, args.n))}")
     import keras
 
-    from keras_hta import nonconvex, schedules
-
-    schedule = schedules.Linear(args.L_start, args.L_stop, args.L_step)
+    from keras_hta import nonconvex
     rows = []
     for n in args.n:
         starts = nonconvex.paper_starts(n, args.grid)

@@ -1,11 +1,14 @@
 """`keras-hta compare`: SGD against HTA with every ordinary hyperparameter equal.
 
-For each seed both arms start from the same initial weights and see the same
-data order, optimizer, learning rate, momentum, weight decay, batch size,
-epochs and augmentation; HTA only adds its twins and the L schedule. Results
-are written run by run to `results.json` (a rerun skips finished runs), then
-summarised in `results.md` (the paper's Table 2 and Table 3 formats) and
-`val_error.png` (Figure 2).
+For each seed every arm starts from the same initial weights and sees the same
+batches (order and augmentation follow from the seed alone), optimizer,
+learning rate, momentum, weight decay, batch size and epochs; HTA only adds
+its twins and the L schedule. A stratified validation split is held out of
+the training data for the curves; the test set is evaluated once per run, at
+the end. Results are written atomically, run by run, to `results.json`, each
+run with its configuration (a rerun skips finished runs; runs with other
+flags sit beside them), then summarised in `results.md` (the paper's Table 2
+and Table 3 formats) and `val_error.png` (Figure 2).
 """
 
 import json
@@ -27,19 +30,19 @@ def add_compare_parser(sub):
         description=__doc__.split("\n\n")[0],
     )
     add_data_model_arguments(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--L-start", type=float, default=0.01)
-    p.add_argument("--L-stop", type=float, default=0.005)
-    p.add_argument("--L-step", type=float, default=-0.001)
-    p.add_argument("--epochs-per-L", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant", help="default: constant")
+    p.add_argument("--L-start", type=float, default=0.01, help="default 0.01 (the paper)")
+    p.add_argument("--L-stop", type=float, default=0.005, help="default 0.005")
+    p.add_argument("--L-step", type=float, default=-0.001, help="default -0.001")
+    p.add_argument("--epochs-per-L", type=int, default=4, help="default 4")
     p.add_argument("--norm", choices=["squared", "l2"], default="squared",
                    help="squared (default, the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
     p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
                    help="proximal (default: the penalties applied exactly after each optimizer step; stable at any "
                         "learning rate) or gradient (an explicit gradient step on them)")
-    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels")
-    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros")
+    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels", help="default: channels")
+    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros", help="default: zeros")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["sgd", "hta"],
                    help="what to train (default: sgd hta); also hta_l2 (the authors' form: l2 norms, explicit "
                         "gradient step), hta_split (each twin sees half of each batch) and sgd_ema (SGD with "
@@ -57,6 +60,8 @@ def add_data_model_arguments(p):
                    help="mnist1d (default, generated locally) or cifar10 (tensorflow_datasets)")
     p.add_argument("--data-dir", help="image folder or .tar.gz with train/<class>/* and test/<class>/* (CIFAR-10 layout)")
     p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir for --dataset cifar10")
+    p.add_argument("--cache-dir", help="where archives are extracted and decoded images cached "
+                                       "(default: $KERAS_HTA_CACHE, else ~/.keras/keras_hta)")
     p.add_argument("--model", choices=["vgg11", "vgg13", "vgg16", "vgg19", "cnn1d", "mlp"],
                    help="default: cnn1d for mnist1d, vgg11 for images")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
@@ -65,60 +70,141 @@ def add_data_model_arguments(p):
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--train-size", type=int, help="use only this many training examples")
-    p.add_argument("--test-size", type=int, help="use only this many test examples")
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras fit verbosity")
+    p.add_argument("--train-size", type=int, help="use a stratified, seeded subset of this many training examples")
+    p.add_argument("--test-size", type=int, help="use a stratified, seeded subset of this many test examples")
+    p.add_argument("--val-size", type=float, default=0.1,
+                   help="validation examples held out of the training data, stratified: a count, or a fraction "
+                        "if below 1 (default 0.1: 5,000 images of CIFAR-10, 400 of MNIST-1D)")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2],
+                   help="Keras fit verbosity (default: 1, a progress bar, on a terminal; 2, a line per epoch, "
+                        "otherwise)")
+
+
+HTA_KEYS = ("L_start", "L_stop", "L_step", "epochs_per_L", "norm", "penalty_update", "split", "anchor")
+DATA_SEED = 0  # the validation split and the subsets: the same for every run and seed
 
 
 def _config(args):
-    return data_model_config(args, ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay",
-                                    "L_start", "L_stop", "L_step", "epochs_per_L", "norm", "penalty_update", "split", "anchor",
-                                    "train_size", "test_size"), args.arms)
-
-
-def data_model_config(args, keys, arms=("sgd",)):
-    """The run's settings as a flat dict; checks them before any training."""
-    model = args.model or ("cnn1d" if args.dataset == "mnist1d" and not args.data_dir else "vgg11")
-    dataset = "folder:" + os.path.abspath(args.data_dir) if args.data_dir else args.dataset
-    config = {"dataset": dataset, "model": model, **{k: getattr(args, k) for k in keys}}
-    if "sgd" not in arms:
-        raise ValueError(f"Argument `--arms` must include the baseline 'sgd'. Received: {list(arms)}")
-    for name in ("epochs", "batch_size", "epochs_per_L"):
-        if name in config and config[name] < 1:
-            raise ValueError(f"Argument `--{name.replace('_', '-')}` must be >= 1. Received: {config[name]}")
+    config = data_model_config(args, ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
+                                      "weight_decay", "train_size", "test_size", "val_size") + HTA_KEYS, args.arms)
+    l_schedule(config)
+    if config["norm"] == "l2" and config["penalty_update"] == "proximal":
+        raise ValueError("Argument `--norm l2` needs `--penalty-update gradient` (the proximal step is exact for "
+                         "the squared norms only). Received: --norm l2, --penalty-update proximal")
+    seeds = getattr(args, "seeds", None) or []
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"Argument `--seeds` must be >= 0. Received: --seeds {' '.join(map(str, seeds))}")
     return config
 
 
-def load_data(config, tfds_dir=None):
+def l_schedule(config, names=("--L-start", "--L-stop", "--L-step", "--epochs-per-L")):
+    """The linear L schedule of the flags; errors name the flags as typed."""
+    import keras_hta as hta
+
+    flags = dict(zip(("start", "stop", "step", "epochs_per_value"), names))
+    values = [config["L_start"], config["L_stop"], config["L_step"], config.get("epochs_per_L", 1)]
+    try:
+        return hta.schedules.Linear(*values)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        for name, flag in flags.items():
+            message = message.replace(f"`{name}`", f"`{flag}`").replace(f"{name}=", f"{flag} ")
+        raise ValueError(message) from None
+
+
+def _positive(config, names, strict=True):
+    for name in names:
+        value = config.get(name)
+        if value is not None and not (value > 0 if strict else value >= 0):  # NaN fails too
+            raise ValueError(f"Argument `--{name.replace('_', '-')}` must be {'>' if strict else '>='} 0. "
+                             f"Received: --{name.replace('_', '-')} {value}")
+
+
+def data_model_config(args, keys, arms=("sgd",)):
+    """The run's settings as a flat dict; checks them before any data is loaded."""
+    images = bool(args.data_dir) or args.dataset == "cifar10"
+    model = args.model or ("vgg11" if images else "cnn1d")
+    if images != model.startswith("vgg"):
+        raise ValueError(
+            f"Argument `--model {model}` does not fit the data: "
+            + ("images (--data-dir or --dataset cifar10) need a vgg model" if images
+               else "MNIST-1D needs --model cnn1d or mlp")
+        )
+    dataset = "folder:" + os.path.abspath(args.data_dir) if args.data_dir else args.dataset
+    config = {"dataset": dataset, "model": model, **{k: getattr(args, k) for k in keys}}
+    if "sgd" not in arms:
+        raise ValueError(f"Argument `--arms` must include the baseline 'sgd'. Received: --arms {' '.join(arms)}")
+    for name in ("epochs", "batch_size", "epochs_per_L", "train_size", "test_size"):
+        if config.get(name) is not None and config[name] < 1:
+            raise ValueError(f"Argument `--{name.replace('_', '-')}` must be >= 1. "
+                             f"Received: --{name.replace('_', '-')} {config[name]}")
+    _positive(config, ("width", "val_size"))
+    _positive(config, ("lr", "weight_decay"), strict=False)
+    if "momentum" in config and not 0 <= config["momentum"] < 1:
+        raise ValueError(f"Argument `--momentum` must be in [0, 1). Received: --momentum {config['momentum']}")
+    val = config.get("val_size")
+    if val is not None and val >= 1 and val != int(val):
+        raise ValueError(f"Argument `--val-size` must be a count or a fraction below 1. Received: --val-size {val}")
+    if args.data_dir and not os.path.exists(args.data_dir):
+        raise ValueError(f"Argument `--data-dir` does not exist. Received: --data-dir {args.data_dir}")
+    return config
+
+
+def load_data(config, tfds_dir=None, cache_dir=None):
+    """Loads the data set; holds out the stratified validation split; takes the subsets.
+
+    Returns a dict with `x_train`, `y_train`, `x_val`, `y_val`, `x_test`,
+    `y_test` and `class_names`. The validation split and the subsets are
+    stratified and drawn with `DATA_SEED`, the same for every run.
+    """
     from keras_hta import data
 
     if config["dataset"].startswith("folder:"):
-        d = data.load_image_folder(config["dataset"][len("folder:"):])
+        d = data.load_image_folder(config["dataset"][len("folder:"):], cache_dir=cache_dir)
     elif config["dataset"] == "cifar10":
         d = data.load_cifar10_tfds(tfds_dir)
     else:
         d = data.load_mnist1d()
-    for split, size in (("train", config["train_size"]), ("test", config["test_size"])):
+    n = len(d["y_train"])
+    val = config.get("val_size") or 0
+    n_val = int(round(val * n)) if val < 1 else int(val)
+    if not 0 < n_val < n:
+        raise ValueError(f"Argument `--val-size` must leave training data: {n_val} of {n} examples. "
+                         f"Received: --val-size {val:g}")
+    held = np.zeros(n, bool)
+    held[data.stratified_indices(d["y_train"], n_val, DATA_SEED)] = True
+    d["x_val"], d["y_val"] = d["x_train"][held], d["y_train"][held]
+    train = np.flatnonzero(~held)
+    for split, key, available in (("train", "train_size", train), ("test", "test_size", np.arange(len(d["y_test"])))):
+        size = config.get(key)
         if size:
-            d[f"x_{split}"], d[f"y_{split}"] = d[f"x_{split}"][:size], d[f"y_{split}"][:size]
+            if size > len(available):
+                raise ValueError(f"Argument `--{key.replace('_', '-')}` exceeds the {len(available)} {split} "
+                                 f"examples available. Received: --{key.replace('_', '-')} {size}")
+            labels = d[f"y_{split}"][available]
+            available = available[data.stratified_indices(labels, size, DATA_SEED)]
+        d[f"x_{split}"], d[f"y_{split}"] = d[f"x_{split}"][available], d[f"y_{split}"][available]
     return d
 
 
 def make_pipelines(d, config, seed):
+    """Training (shuffled, augmented for images), validation and test pipelines.
+
+    Call after `keras.utils.set_random_seed(seed)`: then the training
+    batches are a function of `seed` alone.
+    """
     from keras_hta import data
 
     bs = config["batch_size"]
     if d["x_train"].dtype == np.uint8:  # images: the paper's augmentation
         mean, std = data.channel_stats(d["x_train"])
         train = data.image_pipeline(d["x_train"], d["y_train"], bs, True, mean, std, seed=seed)
-        test = data.image_pipeline(d["x_test"], d["y_test"], bs, False, mean, std)
-        return train, test, d["x_train"].shape[1:]
-    x_train, x_test = d["x_train"], d["x_test"]
-    if config["model"] != "mlp":
-        x_train, x_test = x_train[..., None], x_test[..., None]
-    train = data.array_pipeline(x_train, d["y_train"], bs, True, seed=seed)
-    test = data.array_pipeline(x_test, d["y_test"], bs, False)
-    return train, test, x_train.shape[1:]
+        val, test = (data.image_pipeline(d[f"x_{s}"], d[f"y_{s}"], bs, False, mean, std) for s in ("val", "test"))
+        return train, val, test, d["x_train"].shape[1:]
+    expand = (lambda a: a) if config["model"] == "mlp" else (lambda a: a[..., None])
+    train = data.array_pipeline(expand(d["x_train"]), d["y_train"], bs, True, seed=seed)
+    val, test = (data.array_pipeline(expand(d[f"x_{s}"]), d[f"y_{s}"], bs, False) for s in ("val", "test"))
+    return train, val, test, expand(d["x_train"]).shape[1:]
 
 
 _STRATEGY = {}
@@ -148,21 +234,33 @@ def _non_chief_index():
     return None if chief else index
 
 
+def run_config(config, arm):
+    """The settings a run of `arm` depends on: the baselines ignore HTA's."""
+    return {k: v for k, v in config.items() if arm in HTA_ARMS or k not in HTA_KEYS}
+
+
 def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
-    """Trains one arm for one seed; returns its result record."""
+    """Trains one arm for one seed; returns its result record.
+
+    Everything random in the run (initial weights, shuffle order,
+    augmentation) follows from `seed` alone: the global seed is set before
+    the pipelines and the network are built, so runs do not depend on what
+    ran before them in the process.
+    """
     import keras
 
     import keras_hta as hta
     from keras_hta import models
 
-    train, test, shape = make_pipelines(d, config, seed)
+    keras.utils.set_random_seed(seed)
+    train, val, test, shape = make_pipelines(d, config, seed)
     steps = int(np.ceil(len(d["y_train"]) / config["batch_size"])) * config["epochs"]
     lr = config["lr"]
     if config["lr_schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(config["lr"], steps)
     strategy = _strategy(multi_worker)
     with strategy.scope():
-        keras.utils.set_random_seed(seed)  # same initial weights for both arms
+        keras.utils.set_random_seed(seed)  # same initial weights for every arm
         network = models.get(config["model"], config["width"], len(d["class_names"]), shape)
         model = network
         callbacks = []
@@ -173,8 +271,7 @@ def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
                 homotopy_l=config["L_start"], seed=seed,
                 twin_batch="split" if arm == "hta_split" else "full",
             )
-            schedule = hta.schedules.Linear(config["L_start"], config["L_stop"], config["L_step"], config["epochs_per_L"])
-            callbacks.append(hta.HomotopyScheduler(schedule))
+            callbacks.append(hta.HomotopyScheduler(l_schedule(config)))
         model.compile(
             optimizer=keras.optimizers.SGD(lr, momentum=config["momentum"], weight_decay=config["weight_decay"] or None,
                                            use_ema=arm == "sgd_ema"),
@@ -182,29 +279,37 @@ def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
             metrics=["accuracy"],
         )
     start = time.perf_counter()
-    history = model.fit(train, validation_data=test, epochs=config["epochs"], callbacks=callbacks, verbose=verbose)
+    history = model.fit(train, validation_data=val, epochs=config["epochs"], callbacks=callbacks,
+                        verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - start
     h = history.history
-    val_error = [100.0 * (1.0 - a) for a in h["val_accuracy"]]
-    # After fit: EMA weights are swapped in for sgd_ema; θ for HTA.
-    final = 100.0 * (1.0 - model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+    # After fit: EMA weights are swapped in for sgd_ema; θ for HTA. The test
+    # set is read once, here.
+    val_final = 100.0 * (1.0 - model.evaluate(val, verbose=0, return_dict=True)["accuracy"])
+    test_error = 100.0 * (1.0 - model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
     return {
-        "arm": arm, "seed": seed, "val_error": val_error, "final_error": final,
-        "best_error": min(val_error), "train_loss": h["f_theta"] if "f_theta" in h else h["loss"],
-        "homotopy_l": h.get("homotopy_l"), "seconds": round(time.perf_counter() - start, 2),
+        "arm": arm, "seed": seed, "config": run_config(config, arm),
+        "val_error": [100.0 * (1.0 - a) for a in h["val_accuracy"]], "val_final_error": val_final,
+        "test_error": test_error, "train_loss": h["f_theta"] if "f_theta" in h else h["loss"],
+        "homotopy_l": h.get("homotopy_l"), "seconds": round(seconds, 2),
         "finite": bool(np.all(np.isfinite(h["loss"]))),
     }
 
 
 def summarize(runs):
-    """Per arm: mean, std, max accuracy and mean/min error over seeds (final epoch)."""
+    """Per arm over seeds: test accuracy mean, std, max; mean errors; rate of improvement over SGD."""
     summary = {}
     for arm in ARMS:
-        errors = np.array([r["final_error"] for r in runs if r["arm"] == arm])
-        if len(errors):
+        chosen = [r for r in runs if r["arm"] == arm]
+        if chosen:
+            errors = np.array([r["test_error"] for r in chosen])
+            val = np.array([r["val_final_error"] for r in chosen])
             acc = 100.0 - errors
             summary[arm] = {"seeds": len(errors), "error_mean": float(errors.mean()), "error_std": float(errors.std()),
                             "error_min": float(errors.min()), "acc_mean": float(acc.mean()),
-                            "acc_std": float(acc.std()), "acc_max": float(acc.max())}
+                            "acc_std": float(acc.std()), "acc_max": float(acc.max()),
+                            "val_error_mean": float(val.mean()), "val_acc_mean": float(100.0 - val.mean()),
+                            "seconds_mean": float(np.mean([r["seconds"] for r in chosen]))}
     if "sgd" in summary and summary["sgd"]["error_mean"] > 0:
         base = summary["sgd"]["error_mean"]
         for arm in ARMS[1:]:
@@ -219,20 +324,57 @@ def markdown(config, summary, command):
     name = config["model"] + (f" (width {config['width']:g})" if config["width"] != 1 else "")
     s, h = summary.get("sgd"), summary.get("hta")
     lines = [f"Command: `{command}`", "", f"Data: {config['dataset']}; {config['epochs']} epochs; "
+             f"validation {config['val_size']:g} held out of train; "
              f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs each; "
-             f"norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, anchor={config['anchor']}", "",
-             "Table 2 format (final-epoch test error, mean over seeds):", "",
+             f"norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, "
+             f"anchor={config['anchor']}", "",
+             "Table 2 format (test error after the last epoch, mean over seeds):", "",
              "| Model | Original error rate | Error rate with HTA | Rate of improvement |", "|---|---|---|---|"]
     if s and h:
         lines.append(f"| {name} | {s['error_mean']:.2f}% | {h['error_mean']:.2f}% | {summary['roi_percent']:.2f}% |")
-    lines += ["", "Table 3 format (test accuracy over seeds; rate of improvement of the mean error over SGD):", "",
-              "| Model | Method | seeds | mean | stddev | max | rate of improvement |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Table 3 format (accuracy over seeds; rate of improvement of the mean test error over SGD):", "",
+              "| Model | Method | seeds | validation mean | test mean | test stddev | test max | rate of improvement "
+              "| seconds per run |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         if arm in summary:
             a = summary[arm]
             roi = f"{a['roi_percent']:.2f}%" if "roi_percent" in a else "-"
-            lines.append(f"| {name} | {ARM_LABELS[arm]} | {a['seeds']} | {a['acc_mean']:.2f}% | {a['acc_std']:.2f}% | {a['acc_max']:.2f}% | {roi} |")
+            lines.append(f"| {name} | {ARM_LABELS[arm]} | {a['seeds']} | {a['val_acc_mean']:.2f}% | {a['acc_mean']:.2f}% "
+                         f"| {a['acc_std']:.2f}% | {a['acc_max']:.2f}% | {roi} | {a['seconds_mean']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def write_json_atomic(path, obj):
+    """Writes JSON to a temporary file beside `path`, then renames it over `path`."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_runs(path):
+    """The finished runs in a results file (none if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        runs = saved["runs"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"The results file {path} cannot be read ({type(error).__name__}: {error}). Move it away to keep it "
+            "and rerun, or pass another --out."
+        ) from None
+    for r in runs:  # files written before runs carried their configuration
+        r.setdefault("config", run_config(saved.get("config", {}), r["arm"]))
+    return runs
 
 
 def run_compare(args, command=None):
@@ -242,6 +384,7 @@ def run_compare(args, command=None):
 
     config = _config(args)
     command = command or "keras-hta " + " ".join(sys.argv[1:])
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if args.multi_worker:
         _strategy(multi_worker=True)  # before any other TensorFlow work
         index = _non_chief_index()
@@ -249,35 +392,36 @@ def run_compare(args, command=None):
             args.out = os.path.join(args.out, f"worker{index}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
-    runs = []
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved.get("config") == config:
-            runs = saved["runs"]
-            print(f"Resuming: {len(runs)} finished run(s) in {path}")
-    d = load_data(config, args.tfds_dir)
+    runs = read_runs(path)
+
+    def finished(arm, seed):
+        key = run_config(config, arm)
+        return next((r for r in runs if r["arm"] == arm and r["seed"] == seed and r["config"] == key), None)
+
+    done = sum(finished(arm, seed) is not None for seed in args.seeds for arm in args.arms)
+    if done:
+        print(f"Resuming: {done} finished run(s) in {path}")
+    d = None
     for seed in args.seeds:
         for arm in args.arms:
-            if any(r["arm"] == arm and r["seed"] == seed for r in runs):
+            if finished(arm, seed):
                 continue
-            print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==")
-            runs.append(train_one(config, arm, seed, d, args.verbose, args.multi_worker))
-            with open(path, "w") as f:  # saved run by run
-                json.dump({"config": config, "command": command, "runs": runs}, f, indent=1)
-    # The file keeps every finished run; the summary covers this call's seeds and arms.
-    selected = [r for r in runs if r["seed"] in args.seeds and r["arm"] in args.arms]
+            if d is None:
+                d = load_data(config, args.tfds_dir, args.cache_dir)
+            print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==", flush=True)
+            runs.append(train_one(config, arm, seed, d, verbose, args.multi_worker))
+            write_json_atomic(path, {"command": command, "runs": runs})  # saved run by run
+    # The file keeps every finished run; the summary covers this call's configuration, seeds and arms.
+    selected = [finished(arm, seed) for seed in args.seeds for arm in args.arms]
     summary = summarize(selected)
-    with open(path, "w") as f:
-        json.dump({"config": config, "command": command, "runs": runs, "summary": summary}, f, indent=1)
-    runs = selected
+    write_json_atomic(path, {"command": command, "config": config, "runs": runs, "summary": summary})
     table = markdown(config, summary, command)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table)
-    curves = {ARM_LABELS[arm]: [r["val_error"] for r in runs if r["arm"] == arm] for arm in args.arms}
-    l_values = next((r["homotopy_l"] for r in runs if r["homotopy_l"]), None)
+    curves = {ARM_LABELS[arm]: [r["val_error"] for r in selected if r["arm"] == arm] for arm in args.arms}
+    l_values = next((r["homotopy_l"] for r in selected if r["homotopy_l"]), None)
     plot_error_curves(os.path.join(args.out, "val_error.png"), curves, l_values,
-                      title=f"{config['model']} on {os.path.basename(config['dataset'])}: SGD vs HTA")
+                      title=f"{config['model']} on {os.path.basename(config['dataset'])}: validation error")
     print("\n" + table)
     print(f"Wrote {path}, results.md and val_error.png in {args.out}")
-    return {"config": config, "runs": runs, "summary": summary}
+    return {"config": config, "runs": selected, "summary": summary}

@@ -2,14 +2,24 @@
 
 Images get the paper's preprocessing: random horizontal flip and random crop
 (pad 4) for training, per-channel normalisation for both splits. Decoded
-images are kept in memory (and cached as .npy beside an extracted folder), so
-each epoch only augments.
+images are kept in memory, so each epoch only augments.
+
+The cache: archives are extracted, and decoded image folders saved as .npy
+arrays, under `~/.keras/keras_hta` (about 200 MB per CIFAR-10 split set), or
+under `$KERAS_HTA_CACHE`, or the `cache_dir` argument (`--cache-dir` in the
+CLI). Entries are keyed by content: the files' relative paths, sizes and
+modification times, so moving, adding or editing an image gives a new entry.
+Every entry is written to a temporary name and renamed when complete, so an
+interrupted extraction or save leaves nothing behind. Delete the folder to
+reclaim the space.
 """
 
 import hashlib
 import os
 import pathlib
+import shutil
 import tarfile
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -21,20 +31,30 @@ class DataUnavailableError(RuntimeError):
     """A data set could not be loaded (for instance, no download possible)."""
 
 
+def cache_root(cache_dir=None):
+    """The cache folder: `cache_dir`, else `$KERAS_HTA_CACHE`, else `~/.keras/keras_hta`."""
+    return pathlib.Path(
+        cache_dir or os.environ.get("KERAS_HTA_CACHE") or os.path.join(os.path.expanduser("~"), ".keras", "keras_hta")
+    )
+
+
 def _extract(archive, cache_dir=None):
     archive = pathlib.Path(archive)
     stat = archive.stat()
     key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    root = pathlib.Path(cache_dir or os.path.join(os.path.expanduser("~"), ".keras", "keras_hta"))
+    root = cache_root(cache_dir)
     target = root / f"{archive.name.split('.')[0]}-{key}"
-    if not (target / ".complete").exists():
-        target.mkdir(parents=True, exist_ok=True)
+    if not target.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(target, filter="data")
+                tar.extractall(partial, filter="data")
+            partial.rename(target)  # complete: appears at once
         except (tarfile.TarError, OSError, EOFError) as error:
             raise ValueError(f"Could not extract the archive {archive}: {error}") from None
-        (target / ".complete").write_text("ok")
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     # The archive may hold the splits at its top or inside one folder.
     if not (target / "train").is_dir():
         inner = [p for p in target.iterdir() if p.is_dir() and (p / "train").is_dir()]
@@ -83,17 +103,42 @@ def _decode_all(paths, image_size):
     return np.concatenate(images)
 
 
+def _content_key(paths, image_size):
+    """A hash of the files' relative paths, sizes and modification times."""
+    digest = hashlib.sha1(f"{image_size}".encode())
+    root = os.path.commonpath(paths) if paths else ""
+    for p in paths:
+        stat = os.stat(p)
+        digest.update(f"{os.path.relpath(p, root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _save_atomic(path, array):
+    """np.save to a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def load_image_folder(path, image_size=(32, 32), cache_dir=None):
     """Loads an image-folder tree `train/<class>/*`, `test/<class>/*` (or its .tar.gz).
 
     Classes are the sorted folder names (CIFAR-10's label order for the
-    shared tarball). Decoded arrays are cached as .npy files in the folder.
+    shared tarball). Decoded arrays are cached as .npy files in the cache
+    folder (see the module docstring), keyed by the files' paths, sizes and
+    modification times.
 
     Args:
         path: String, the folder or a `.tar.gz` / `.tar` archive of it.
         image_size: Tuple (height, width) every image must have.
-        cache_dir: String or `None`: where archives are extracted
-            (default `~/.keras/keras_hta`).
+        cache_dir: String or `None`: the cache folder (default
+            `$KERAS_HTA_CACHE`, else `~/.keras/keras_hta`).
 
     Returns:
         A dict with `x_train` (uint8, N×H×W×3), `y_train` (int32),
@@ -111,16 +156,49 @@ def load_image_folder(path, image_size=(32, 32), cache_dir=None):
     test_paths, y_test, _ = _list_split(root / "test", class_names)
     result = {"class_names": class_names, "y_train": y_train, "y_test": y_test}
     for split, paths in (("train", train_paths), ("test", test_paths)):
-        cache = root / f".keras_hta_{split}_{image_size[0]}x{image_size[1]}_{len(paths)}.npy"
+        cache = cache_root(cache_dir) / "decoded" / f"{split}-{_content_key(paths, image_size)}.npy"
         if cache.exists():
             result[f"x_{split}"] = np.load(cache)
         else:
             result[f"x_{split}"] = _decode_all(paths, image_size)
             try:
-                np.save(cache, result[f"x_{split}"])
-            except OSError:  # read-only folder: no cache
+                _save_atomic(cache, result[f"x_{split}"])
+            except OSError:  # read-only cache: none
                 pass
     return result
+
+
+def stratified_indices(labels, size, seed=0, exclude=None):
+    """A seeded, class-stratified sample of indices.
+
+    Each class keeps its share of `size` (largest remainders get the extra
+    examples); within a class the examples are drawn at random with `seed`.
+
+    Args:
+        labels: Integer array of class labels.
+        size: Integer, how many indices to draw (at most the number left).
+        seed: Integer, the draw's seed.
+        exclude: Optional boolean array, True for indices not to draw.
+
+    Returns:
+        A sorted int64 array of `size` indices.
+    """
+    labels = np.asarray(labels)
+    available = np.ones(len(labels), bool) if exclude is None else ~np.asarray(exclude)
+    classes, counts = np.unique(labels[available], return_counts=True)
+    size = int(size)
+    if not 0 <= size <= counts.sum():
+        raise ValueError(f"Cannot draw {size} examples from {counts.sum()}.")
+    share = counts * size / counts.sum()
+    take = np.floor(share).astype(int)
+    for i in np.argsort(-(share - take), kind="stable")[: size - take.sum()]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(available & (labels == c)), n, replace=False)
+        for c, n in zip(classes, take)
+    ]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, "int64")
 
 
 def _to_arrays(ds):
@@ -209,21 +287,32 @@ def image_pipeline(x, y, batch_size, training, mean, std, seed=None, pad=4):
 
     Training: shuffle, random horizontal flip, random crop after zero
     padding by `pad`, then `(x/255 − mean)/std`. Otherwise only the
-    normalisation. Batches are prefetched.
+    normalisation. Batches are prefetched. The shuffle and the augmentation
+    are functions of `seed` and TensorFlow's global seed (stateless random
+    ops, their keys drawn from a seeded stream, so the parallel map cannot
+    reorder them): two pipelines built after `keras.utils.set_random_seed(s)`
+    with one `seed` yield identical batches, epoch after epoch.
     """
     mean = tf.constant(mean, tf.float32)
     std = tf.constant(std, tf.float32)
     h, w = x.shape[1:3]
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = ds.map(lambda image, label: ((tf.cast(image, tf.float32) / 255.0 - mean) / std, label),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    seed = 0 if seed is None else int(seed)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    # One random pair per example, new each epoch, from a seeded stream.
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, keys))
 
-    def prepare(image, label):
+    def prepare(example, key):
+        image, label = example
         image = tf.cast(image, tf.float32) / 255.0
-        if training:
-            image = tf.image.random_flip_left_right(image, seed=seed)
-            image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-            image = tf.image.random_crop(image, (h, w, image.shape[-1]), seed=seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=key)
+        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        image = tf.image.stateless_random_crop(image, (h, w, image.shape[-1]), seed=key[::-1])
         return (image - mean) / std, label
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -231,8 +320,8 @@ def image_pipeline(x, y, batch_size, training, mean, std, seed=None, pad=4):
 
 
 def array_pipeline(x, y, batch_size, training, seed=None):
-    """Batches (and shuffles for training) an in-memory data set."""
+    """Batches (and, for training, shuffles with `seed`) an in-memory data set."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(x), seed=0 if seed is None else int(seed), reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,5 +1,7 @@
 """keras-tuner search over HTA's L schedule, split, anchor and twin count."""
 
+import sys
+
 import keras
 import keras_tuner
 
@@ -156,15 +158,18 @@ def add_tune_parser(sub):
         description="A small keras-tuner search over HTA's L schedule on the compare data sets and models.",
     )
     add_data_model_arguments(p)
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
-    p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random", help="default: random")
+    p.add_argument("--max-trials", type=int, default=6, help="default 6")
     p.add_argument("--norm", choices=["squared", "l2"], default="squared",
                    help="squared (default, the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
     p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
                    help="proximal (default: the penalties applied exactly) or gradient (an explicit step)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--directory", default="tune_results", help="keras-tuner's folder (default tune_results)")
     p.set_defaults(func=run_tune, epochs=6)
+    for action in p._actions:  # the shared --epochs help states compare's default
+        if action.dest == "epochs":
+            action.help = "default 6"
 
 
 def run_tune(args):
@@ -173,11 +178,17 @@ def run_tune(args):
     from keras_hta import compare, models
 
     config = compare.data_model_config(args, ("width", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                                              "train_size", "test_size"))
+                                              "train_size", "test_size", "val_size"))
     if args.max_trials < 1:
-        raise ValueError(f"Argument `--max-trials` must be >= 1. Received: {args.max_trials}")
-    d = compare.load_data(config, args.tfds_dir)
-    train, test, shape = compare.make_pipelines(d, config, args.seed)
+        raise ValueError(f"Argument `--max-trials` must be >= 1. Received: --max-trials {args.max_trials}")
+    if args.norm == "l2" and args.penalty_update == "proximal":
+        raise ValueError("Argument `--norm l2` needs `--penalty-update gradient`. "
+                         "Received: --norm l2, --penalty-update proximal")
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    d = compare.load_data(config, args.tfds_dir, args.cache_dir)
+    keras.utils.set_random_seed(args.seed)
+    # The tuner's objective is measured on the validation split; the test set is never read.
+    train, val, _, shape = compare.make_pipelines(d, config, args.seed)
     classes = len(d["class_names"])
 
     def build(hp):
@@ -202,7 +213,7 @@ def run_tune(args):
         tuner = keras_tuner.BayesianOptimization(hypermodel, max_trials=args.max_trials, **common)
     else:
         tuner = keras_tuner.RandomSearch(hypermodel, max_trials=args.max_trials, **common)
-    tuner.search(train, validation_data=test, epochs=config["epochs"], verbose=args.verbose)
+    tuner.search(train, validation_data=val, epochs=config["epochs"], verbose=verbose, shuffle=False)
 
     names = ["homotopy_schedule", "homotopy_l_start", "homotopy_l_stop", "homotopy_values",
              "homotopy_epochs_per_value", "homotopy_split", "homotopy_anchor"]

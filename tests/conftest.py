@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# keras_hta.data's cache: never the user's ~/.keras during tests.
+os.environ.setdefault("KERAS_HTA_CACHE", __import__("tempfile").mkdtemp(prefix="keras_hta_cache_"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 from keras_hta import cli
 from test_data import make_folder
 
-TINY = ["--epochs", "1", "--seeds", "0", "--train-size", "256", "--test-size", "128", "--verbose", "0"]
+BASE = ["--epochs", "1", "--seeds", "0", "--verbose", "0"]
+TINY = BASE + ["--train-size", "256", "--test-size", "128"]
 
 
 def _png(path):
@@ -44,7 +45,7 @@ def test_compare_vgg_on_an_image_folder(tmp_path):
     make_folder(tmp_path / "images", per_class=4, size=32)
     out = tmp_path / "run"
     cli.main(["compare", "--data-dir", str(tmp_path / "images"), "--model", "vgg11", "--width", "0.0625",
-              "--batch-size", "4", "--out", str(out)] + TINY)
+              "--batch-size", "4", "--val-size", "3", "--out", str(out)] + BASE)
     result = json.loads((out / "results.json").read_text())
     assert result["config"]["model"] == "vgg11" and all(r["finite"] for r in result["runs"])
 
@@ -55,7 +56,7 @@ def test_bad_arguments_exit_with_a_message(tmp_path, capsys):
     assert info.value.code == 2 and "--epochs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["compare", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path)])
-    assert "data_dir" in capsys.readouterr().err
+    assert "--data-dir" in capsys.readouterr().err
 
 
 def test_nonconvex_table_json_and_figure(tmp_path, capsys):
@@ -84,3 +85,144 @@ def test_rerun_with_fewer_arms_keeps_the_saved_runs(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert [r["arm"] for r in result["runs"]] == ["sgd", "hta"]  # nothing deleted
     assert set(result["summary"]) == {"sgd"}  # the summary covers this call's arms
+
+
+# --- trustworthy experiments (issue #9) -------------------------------------
+
+
+def _record_batches(monkeypatch):
+    """Records a digest of every training batch each run receives."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from keras_hta import compare
+
+    seen, original = [], compare.make_pipelines
+
+    def recording(d, config, seed):
+        train, val, test, shape = original(d, config, seed)
+        digests = []
+        seen.append(digests)
+
+        def note(x, y):
+            digests.append(hashlib.sha1(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
+            return y
+
+        def tap(x, y):
+            y2 = tf.py_function(note, [x, y], y.dtype)
+            y2.set_shape(y.shape)
+            return x, y2
+
+        return train.map(tap), val, test, shape
+
+    monkeypatch.setattr(compare, "make_pipelines", recording)
+    return seen
+
+
+def test_every_arm_of_a_seed_sees_the_same_batches(tmp_path, monkeypatch):
+    seen = _record_batches(monkeypatch)
+    cli.main(["compare", "--model", "mlp", "--epochs", "2", "--seeds", "0", "--arms", "sgd", "hta", "sgd_ema",
+              "--train-size", "256", "--test-size", "64", "--verbose", "0", "--out", str(tmp_path / "a")])
+    assert len(seen) == 3 and len(seen[0]) == 4  # 2 batches x 2 epochs
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0][:2] != seen[0][2:]  # reshuffled each epoch
+
+
+def test_a_seed_gives_the_same_run_whatever_ran_before(tmp_path):
+    cli.main(["compare", "--model", "mlp", "--epochs", "2", "--seeds", "1", "--train-size", "256",
+              "--test-size", "128", "--verbose", "0", "--out", str(tmp_path / "a")])
+    out = tmp_path / "b"
+    both_args = ["compare", "--model", "mlp", "--epochs", "2", "--seeds", "0", "1", "--train-size", "256",
+                 "--test-size", "128", "--verbose", "0", "--out", str(out)]
+    cli.main(both_args)
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    for arm in ("sgd", "hta"):
+        a = next(r for r in runs if r["arm"] == arm and r["seed"] == 1)
+        b = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())["runs"] if r["arm"] == arm)
+        assert a["test_error"] == b["test_error"] and a["val_error"] == b["val_error"]
+    # A run removed from the file and rerun reproduces its recorded numbers.
+    removed = runs.pop(next(i for i, r in enumerate(runs) if r["arm"] == "hta" and r["seed"] == 1))
+    (out / "results.json").write_text(json.dumps({"runs": runs}))
+    cli.main(both_args)
+    again = json.loads((out / "results.json").read_text())["runs"]
+    redo = next(r for r in again if r["arm"] == "hta" and r["seed"] == 1)
+    assert redo["test_error"] == removed["test_error"] and redo["val_error"] == removed["val_error"]
+    assert len(again) == 4
+
+
+def test_runs_with_other_flags_sit_beside_earlier_ones(tmp_path):
+    out = tmp_path / "run"
+    cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    cli.main(["compare", "--model", "mlp", "--lr", "0.01", "--out", str(out)] + TINY)
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["runs"]) == 4
+    assert sorted(r["config"]["lr"] for r in result["runs"]) == [0.01, 0.01, 0.05, 0.05]
+    assert result["config"]["lr"] == 0.01 and result["summary"]["sgd"]["seeds"] == 1
+    # The baseline ignores HTA's flags: a new L schedule reuses the SGD run.
+    cli.main(["compare", "--model", "mlp", "--L-start", "0.02", "--out", str(out)] + TINY)
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 5
+
+
+def test_unreadable_results_file_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"runs": [')  # as a kill mid-write would have left it, before
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and str(out / "results.json") in err and "Move it away" in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--L-start", "0"], "--L-start"),
+    (["--L-start", "-1"], "--L-start"),
+    (["--L-stop", "nan"], "--L-stop"),
+    (["--L-step", "0.001"], "--L-step"),
+    (["--epochs-per-L", "0"], "--epochs-per-L"),
+    (["--model", "vgg11"], "--model vgg11"),
+    (["--val-size", "0"], "--val-size"),
+    (["--norm", "l2"], "--penalty-update gradient"),
+    (["--momentum", "1"], "--momentum"),
+    (["--width", "-1"], "--width"),
+])
+def test_every_flag_is_checked_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, flags, message):
+    from keras_hta import compare
+
+    monkeypatch.setattr(compare, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--out", str(tmp_path)] + flags)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_image_model_mismatch_and_workers_are_refused(tmp_path, capsys):
+    make_folder(tmp_path / "images", per_class=2, size=32)
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--data-dir", str(tmp_path / "images"), "--model", "cnn1d", "--out", str(tmp_path)])
+    assert "--model cnn1d" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["nonconvex", "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_logs_print_a_line_per_epoch_and_no_shuffle_warning(tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.main(["compare", "--model", "mlp", "--epochs", "2", "--seeds", "0", "--train-size", "256",
+                  "--test-size", "64", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.count("Epoch 2/2") == 2 and "\r" not in out and "\x1b" not in out and "\x08" not in out
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+
+
+def test_tune_never_reads_the_test_set(tmp_path, capsys, monkeypatch):
+    from keras_hta import compare
+
+    original = compare.make_pipelines
+    monkeypatch.setattr(compare, "make_pipelines", lambda *a: original(*a)[:2] + (None,) + original(*a)[3:])
+    cli.main(["tune", "--model", "mlp", "--epochs", "1", "--max-trials", "2", "--train-size", "256",
+              "--test-size", "128", "--verbose", "0", "--directory", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "Best schedule:" in out and out.count("failed") == 0

@@ -123,3 +123,87 @@ def test_mnist1d_is_generated_locally_and_deterministic():
     assert a["x_train"].shape == (4000, 40) and a["x_test"].shape == (1000, 40)
     assert sorted(set(a["y_train"].tolist())) == list(range(10))
     np.testing.assert_array_equal(a["x_train"], b["x_train"])
+
+
+def test_cache_is_keyed_by_content(tmp_path):
+    make_folder(tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = data.load_image_folder(tmp_path / "data", image_size=(8, 8), cache_dir=cache)
+    assert len(list((cache / "decoded").glob("*.npy"))) == 2
+    # Move one image to another class: same file count, new labels and pixels order.
+    (tmp_path / "data" / "train" / "ant" / "0000.png").rename(tmp_path / "data" / "train" / "cat" / "0009.png")
+    moved = data.load_image_folder(tmp_path / "data", image_size=(8, 8), cache_dir=cache)
+    fresh = data.load_image_folder(tmp_path / "data", image_size=(8, 8), cache_dir=tmp_path / "empty")
+    np.testing.assert_array_equal(moved["x_train"], fresh["x_train"])
+    np.testing.assert_array_equal(moved["y_train"], fresh["y_train"])
+    assert not np.array_equal(moved["x_train"], first["x_train"])
+    np.testing.assert_array_equal(moved["x_train"][-1], first["x_train"][0])  # now the last "cat"
+
+
+def test_failed_extraction_leaves_nothing_behind(tmp_path):
+    make_folder(tmp_path / "data")
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "data", arcname=".")
+    archive.write_bytes(archive.read_bytes()[:200])  # truncated download
+    with pytest.raises(ValueError, match="Could not extract"):
+        data.load_image_folder(archive, image_size=(8, 8), cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_environment_variable_sets_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HTA_CACHE", str(tmp_path / "env_cache"))
+    assert data.cache_root() == tmp_path / "env_cache"
+    assert data.cache_root(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_stratified_indices_keep_class_shares_and_follow_the_seed():
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])  # sorted by class, like a folder
+    idx = data.stratified_indices(labels, 40, seed=0)
+    assert len(idx) == 40 and len(set(idx)) == 40
+    np.testing.assert_array_equal(np.bincount(labels[idx]), [20, 10, 6, 4])
+    np.testing.assert_array_equal(idx, data.stratified_indices(labels, 40, seed=0))
+    assert not np.array_equal(idx, data.stratified_indices(labels, 40, seed=1))
+    held = np.zeros(200, bool)
+    held[idx] = True
+    rest = data.stratified_indices(labels, 20, seed=0, exclude=held)
+    assert not held[rest].any()
+    with pytest.raises(ValueError, match="Cannot draw 300"):
+        data.stratified_indices(labels, 300)
+
+
+def test_subsets_and_validation_split_are_stratified():
+    from keras_hta import compare
+
+    config = {"dataset": "mnist1d", "val_size": 0.1, "train_size": 500, "test_size": 200}
+    d = compare.load_data(config)
+    assert len(d["y_val"]) == 400 and len(d["y_train"]) == 500 and len(d["y_test"]) == 200
+    full = data.load_mnist1d()
+    for split, n in (("train", 500), ("test", 200)):
+        share = np.bincount(d[f"y_{split}"], minlength=10) / n
+        np.testing.assert_allclose(share, np.bincount(full[f"y_{split}"], minlength=10) / len(full[f"y_{split}"]),
+                                   atol=1.0 / n + 1e-9)
+    # Validation examples are not trained on.
+    train_rows = {row.tobytes() for row in d["x_train"]}
+    assert not any(row.tobytes() in train_rows for row in d["x_val"])
+
+
+def test_image_pipeline_is_a_function_of_the_seed():
+    import keras
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(20, dtype="int32")
+    mean, std = data.channel_stats(x)
+
+    def batches(seed, noise):
+        keras.utils.set_random_seed(seed)
+        ds = data.image_pipeline(x, y, 5, True, mean, std, seed=seed)
+        tf.random.uniform((noise,))  # other random work in between
+        return [b[0].numpy() for _ in range(2) for b in ds]  # two epochs
+
+    a, b, c = batches(3, 1), batches(3, 7), batches(4, 1)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    assert any(not np.array_equal(u, v) for u, v in zip(a, c))
+    assert any(not np.array_equal(u, v) for u, v in zip(a[:4], a[4:]))  # new each epoch

@@ -91,4 +91,4 @@ def test_compare_multi_worker_command(tmp_path):
     other = json.loads((tmp_path / "worker1" / "results.json").read_text())
     assert [r["arm"] for r in chief["runs"]] == ["sgd", "hta"]
     for a, b in zip(chief["runs"], other["runs"]):
-        assert a["final_error"] == b["final_error"]  # same model on both workers
+        assert a["test_error"] == b["test_error"]  # same model on both workers
