@@ -143,6 +143,8 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What results files record: the command as typed, or as a script passed it.
+    args.command_line = "keras-hta " + " ".join(sys.argv[1:] if argv is None else argv)
     from keras_hta.data import DataUnavailableError
 
     try:

@@ -383,7 +383,7 @@ def run_compare(args, command=None):
     from keras_hta.plots import plot_error_curves
 
     config = _config(args)
-    command = command or "keras-hta " + " ".join(sys.argv[1:])
+    command = command or getattr(args, "command_line", None) or "keras-hta " + " ".join(sys.argv[1:])
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if args.multi_worker:
         _strategy(multi_worker=True)  # before any other TensorFlow work
