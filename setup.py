@@ -19,23 +19,30 @@ setup(
     python_requires=">=3.10",
     # TensorFlow comes through an extra so CPU-only machines can take the
     # smaller tensorflow-cpu wheel: pip install "keras-hta[tensorflow]" or "[cpu]".
+    # The library needs Keras, NumPy and TensorFlow; TensorFlow comes through an
+    # extra so CPU-only machines can take the smaller wheel:
+    # pip install "keras-hta[tensorflow]" or "keras-hta[cpu]".
     install_requires=[
         "keras>=3.10",
         "numpy>=1.26",
-        "scipy>=1.11",
-        "matplotlib>=3.7",
-        "tensorflow-datasets>=4.9",
-        "importlib_resources",  # tfds imports it and does not declare it
-        "keras-tuner[bayesian]>=1.4",  # scikit-learn for BayesianOptimization
-        "tensorboard>=2.16",
-        "mnist1d>=0.0.2",  # generates MNIST-1D locally: the offline default data set
-        "requests",  # mnist1d imports it
     ],
-    entry_points={"console_scripts": ["keras-hta = keras_hta.cli:main"]},
+    entry_points={"console_scripts": ["keras-hta = keras_hta.experiments.cli:main"]},
     extras_require={
         "tensorflow": ["tensorflow>=2.16"],
         "cpu": ["tensorflow-cpu>=2.16"],
-        "test": ["pytest>=7"],
+        "tuner": ["keras-tuner>=1.4"],  # keras_hta.tuning.HomotopyHyperModel
+        # The paper's harness (keras_hta.experiments, the keras-hta command).
+        "experiments": [
+            "scipy>=1.11",  # quasi-Newton for the non-convex benchmark
+            "matplotlib>=3.7",
+            "tensorflow-datasets>=4.9",
+            "importlib_resources",  # tfds imports it and does not declare it
+            "keras-tuner[bayesian]>=1.4",  # keras-hta tune; scikit-learn for BayesianOptimization
+            "tensorboard>=2.16",
+            "mnist1d>=0.0.2",  # generates MNIST-1D locally: the offline default data set
+            "requests",  # mnist1d imports it
+        ],
+        "test": ["pytest>=7", "scipy>=1.11"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

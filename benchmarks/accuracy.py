@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from keras_hta import cli
+from keras_hta.experiments import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS = ["--arms", "sgd", "hta", "hta_l2", "sgd_ema"]

@@ -41,7 +41,7 @@ def build(model_name, variant):
     import keras
 
     import keras_hta as hta
-    from keras_hta import models
+    from keras_hta.experiments import models
 
     (arch, width), shape, _ = MODELS[model_name]
     keras.utils.set_random_seed(0)
@@ -163,7 +163,7 @@ def main():
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "step_time.md"), "w") as f:
         f.write(table)
-    from keras_hta.plots import _pyplot
+    from keras_hta.experiments.plots import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

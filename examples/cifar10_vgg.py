@@ -20,7 +20,7 @@ import os
 import keras
 
 import keras_hta as hta
-from keras_hta import data, models
+from keras_hta.experiments import data, models
 
 here = os.path.dirname(os.path.abspath(__file__))
 parser = argparse.ArgumentParser()

@@ -14,7 +14,8 @@ Run: python examples/nonconvex.py
 
 import numpy as np
 
-from keras_hta import nonconvex, schedules
+from keras_hta import schedules
+from keras_hta.experiments import nonconvex
 
 # The function and its analytic gradient agree with finite differences.
 x = np.array([5.0, 4.0, 5.0, 5.0])

@@ -15,7 +15,7 @@ import keras
 import keras_tuner
 
 import keras_hta as hta
-from keras_hta import data, models
+from keras_hta.experiments import data, models
 from keras_hta.tuning import HomotopyHyperModel
 
 # MNIST-1D: generated locally, no download.

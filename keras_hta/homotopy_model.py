@@ -8,41 +8,14 @@ import tensorflow as tf
 
 import keras
 from keras_hta import anchors as anchors_lib
+from keras_hta import distribute_utils
 from keras_hta import penalties as penalties_lib
 from keras_hta import schedules as schedules_lib
 from keras_hta import splits as splits_lib
-
+from keras_hta import twins as twins_lib
 
 TWIN_BATCHES = ("full", "split")
-
-
-def _twin_suffix(k, num_groups):
-    return "eta" if num_groups == 2 else f"eta{k}"
-
-
-def _replicas():
-    """Replicas the current step runs on (Keras divides each one's loss by it)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _assign_all(updates):
-    """Assigns `(variable, value)` pairs, in the cross-replica context under a strategy.
-
-    Every replica computed the same values from the same mirrored weights;
-    as Keras' optimizers do, the assignment happens once per device through
-    `strategy.extended.update`.
-    """
-
-    def assign(strategy, updates):
-        for variable, value in updates:
-            variable = getattr(variable, "value", variable)  # the tf.Variable
-            strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,), group=False)
-
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        assign(tf.distribute.get_strategy(), updates)
-    else:
-        context.merge_call(assign, args=(updates,))
+STATE = ("homotopy_l", "homotopy_epoch")  # kept by set_weights: training state, not network weights
 
 
 @contextlib.contextmanager
@@ -55,35 +28,6 @@ def _silenced(trackers):
     finally:
         for tracker in trackers:
             del tracker.update_state
-
-
-def _clone_twin(network, suffix):
-    """A structural copy of `network` with its own weights and layer names."""
-
-    def clone_layer(layer):
-        config = dict(layer.get_config())
-        config["name"] = f"{layer.name}_{suffix}"
-        return layer.__class__.from_config(config)
-
-    try:
-        twin = keras.models.clone_model(network, clone_function=clone_layer)
-    except ValueError:  # subclassed networks: cloned from their config
-        twin = network.__class__.from_config(network.get_config())
-    if not twin.built:
-        raise ValueError(
-            "Could not build a twin of the network "
-            f"'{network.name}': use a Functional or Sequential model, or a "
-            "subclassed model whose `from_config` builds its weights."
-        )
-    twin.name = f"{network.name}_{suffix}"
-    shapes = [tuple(v.shape) for v in network.trainable_variables]
-    if [tuple(v.shape) for v in twin.trainable_variables] != shapes:
-        raise ValueError(
-            f"The twin of network '{network.name}' does not list its trainable weights in the "
-            "network's order; HTA pairs them by position. Use a Functional or Sequential model."
-        )
-    twin.set_weights(network.get_weights())
-    return twin
 
 
 @keras.saving.register_keras_serializable(package="keras_hta")
@@ -104,7 +48,16 @@ class HomotopyModel(keras.Model):
     together and recovers f. Anneal L with `keras_hta.HomotopyScheduler`.
 
     At construction every twin is an exact copy of θ (BatchNorm statistics
-    included), so with `anchor="init"` the first step is a plain step on f.
+    included). Which weights take part follows `trainable`: set it on the
+    wrapped network's layers (θ), then `compile` again as in plain Keras;
+    the twins follow θ's flags, frozen weights are left alone, and weights
+    unfrozen later join HTA with their anchor and group.
+
+    Callbacks that restore weights through `set_weights` (EarlyStopping
+    with `restore_best_weights=True`) restore every network weight and
+    leave L and the schedule position where training brought them; a
+    weights file (`save_weights`/`load_weights`, `BackupAndRestore`)
+    restores L and the position it holds.
     `predict`, `evaluate` and `call` use θ; `keras_hta.merge` returns a plain
     Keras model.
 
@@ -144,7 +97,12 @@ class HomotopyModel(keras.Model):
             and the model warns).
         twin_batch: `"full"` (default: every twin sees the whole batch, as
             the paper) or `"split"` (twin k sees examples k, k + m, k + 2m,
-            ... of each batch, so a step costs about one plain step).
+            ... of each batch, so a step costs about one plain step; a batch
+            of fewer than m examples goes whole to every twin).
+        twin_factory: Optional callable `() -> keras.Model` building one
+            more copy of a subclassed network (built, or buildable like
+            θ); by default twins are cloned (Functional, Sequential) or
+            rebuilt from the network's config.
         seed: Integer or `None`, for `split="random"`.
         name: String, the model's name.
 
@@ -184,6 +142,7 @@ class HomotopyModel(keras.Model):
         norm="squared",
         penalty_update="proximal",
         twin_batch="full",
+        twin_factory=None,
         seed=None,
         name=None,
         **kwargs,
@@ -197,13 +156,26 @@ class HomotopyModel(keras.Model):
             network = keras.Model(inputs, outputs)
         elif inputs is not None or outputs is not None:
             raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
-        self._check_arguments(network, num_groups, norm, penalty_update)
+        twins_lib.check_network(network)
+        penalties_lib.check_options(norm, penalty_update)
+        if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 2:
+            raise ValueError(f"Argument `num_groups` must be an integer >= 2. Received: num_groups={num_groups!r}")
         if twin_batch not in TWIN_BATCHES:
             raise ValueError(
                 f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}"
             )
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
-        variables = network.trainable_variables
+        twins = [
+            twins_lib.clone_twin(network, twins_lib.twin_suffix(k, num_groups), twin_factory)
+            for k in range(1, num_groups)
+        ]
+        # The weights HTA may train: θ's trainable ones, and those of layers
+        # frozen now, paired with the twins' weights of the same layer and name.
+        eligible = twins_lib.trainable_by_construction(network, twins[0])
+        for twin in twins[1:]:
+            twins_lib.sync_trainable(network, twin)
+        variables = [v for v, ok in zip(network.weights, eligible) if ok]
+        pairs = [[w for w, ok in zip(t.weights, eligible) if ok] for t in twins]
         # "custom" (what get_config records for a callable split or anchor):
         # placeholders of the right shape, filled when the saved weights load.
         if split == "custom":
@@ -217,10 +189,7 @@ class HomotopyModel(keras.Model):
 
         super().__init__(name=name or f"homotopy_{network.name}", **kwargs)
         self.network = network
-        self.twins = [
-            _clone_twin(network, _twin_suffix(k, num_groups))
-            for k in range(1, num_groups)
-        ]
+        self.twins = twins
         self.num_groups = num_groups
         self.norm = norm
         self.penalty_update = penalty_update
@@ -229,6 +198,8 @@ class HomotopyModel(keras.Model):
         self.anchor = anchor if isinstance(anchor, str) else "custom"
         self.seed = seed
         self._initial_l = homotopy_l
+        self._paired = [variables] + pairs  # per net, aligned with θ's eligible weights
+        self._shapes = [tuple(v.shape) for v in variables]
 
         self.homotopy_l = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(homotopy_l),
@@ -244,15 +215,15 @@ class HomotopyModel(keras.Model):
             self._constant_weight(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
         ]
         # Channel and layer splits are derived from the network (a vector per
-        # weight or one integer); random and custom ones are stored (int32: collectives take no int8).
+        # weight or one integer); random and custom ones are stored (int32:
+        # collectives take no int8).
         if self.split in ("channels", "layers"):
             self._groups = [tf.constant(g, "int32") for g in groups]
         else:
             self._groups = [
                 self._constant_weight(g.astype("int32"), f"groups_{i}") for i, g in enumerate(groups)
             ]
-        self._shapes = [tuple(v.shape) for v in variables]
-        names = ["theta"] + [_twin_suffix(k, num_groups) for k in range(1, num_groups)]
+        names = ["theta"] + [twins_lib.twin_suffix(k, num_groups) for k in range(1, num_groups)]
         self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
         self.coupling_tracker = keras.metrics.Mean(name="coupling")
@@ -265,53 +236,11 @@ class HomotopyModel(keras.Model):
         """Wraps a built Keras model; its weights become θ.
 
         Args:
-            model: A built `keras.Model` (Functional or Sequential).
+            model: A built `keras.Model` (Functional, Sequential, or
+                subclassed: see `twin_factory`).
             **kwargs: The other arguments of `HomotopyModel`.
         """
         return cls(network=model, **kwargs)
-
-    @staticmethod
-    def _check_arguments(network, num_groups, norm, penalty_update):
-        if not isinstance(network, keras.Model):
-            raise TypeError(
-                "Argument `model` must be a keras.Model. "
-                f"Received: model={network!r} of type {type(network).__name__}"
-            )
-        if not network.built:
-            raise ValueError(
-                f"Argument `model` must be built. Received: model '{network.name}' "
-                "with no weights yet: call it on data or give it an Input first."
-            )
-        if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 2:
-            raise ValueError(
-                f"Argument `num_groups` must be an integer >= 2. Received: num_groups={num_groups!r}"
-            )
-        if norm not in penalties_lib.NORMS:
-            raise ValueError(
-                f"Argument `norm` must be one of {penalties_lib.NORMS}. Received: norm={norm!r}"
-            )
-        if penalty_update not in penalties_lib.PENALTY_UPDATES:
-            raise ValueError(
-                f"Argument `penalty_update` must be one of {penalties_lib.PENALTY_UPDATES}. "
-                f"Received: penalty_update={penalty_update!r}"
-            )
-        if norm == "l2" and penalty_update == "proximal":
-            raise ValueError(
-                "Argument `penalty_update`='proximal' needs norm='squared' (the proximal step "
-                "is exact for the squared norms only). Received: norm='l2', "
-                "penalty_update='proximal'. Pass penalty_update='gradient' for the l2 form."
-            )
-        if not network.trainable_variables:
-            raise ValueError(
-                f"Argument `model` must have trainable weights. Received: model "
-                f"'{network.name}' with none: HTA has nothing to split."
-            )
-        for v in network.trainable_variables:
-            if not np.issubdtype(np.dtype(v.dtype), np.floating):
-                raise TypeError(
-                    "Every trainable weight must be floating point. Received: "
-                    f"'{v.path}' of dtype {v.dtype}"
-                )
 
     def _constant_weight(self, value, name):
         w = self.add_weight(
@@ -330,33 +259,39 @@ class HomotopyModel(keras.Model):
         """The twins as a list of Keras models: `[θ, η, ...]`."""
         return [self.network] + list(self.twins)
 
+    def _active(self):
+        """Indices of the paired weights that are trainable now (θ's flags)."""
+        return [i for i, v in enumerate(self._paired[0]) if v.trainable]
+
     @property
     def anchors(self):
         """The anchor θ̃ of each trainable weight, as tensors (zeros for `anchor="zeros"`)."""
         if self._anchor_weights is None:
-            return [tf.zeros(shape, v.dtype) for shape, v in zip(self._shapes, self.network.trainable_variables)]
-        return [tf.convert_to_tensor(a) for a in self._anchor_weights]
+            return [tf.zeros(self._shapes[i], self._paired[0][i].dtype) for i in self._active()]
+        return [tf.convert_to_tensor(self._anchor_weights[i]) for i in self._active()]
 
-    def _free_masks(self, k, dtype="float32"):
+    def _free_masks(self, k, indices, dtype="float32"):
         """0/1 tensors, broadcastable to each weight, 1 where twin k is free."""
         free = splits_lib.free_group(k, self.num_groups)
-        return [tf.cast(tf.equal(tf.cast(g, "int32"), free), dtype) for g in self._groups]
+        return [tf.cast(tf.equal(tf.cast(self._groups[i], "int32"), free), dtype) for i in indices]
 
     @property
     def anchor_masks(self):
-        """Full-size 0/1 masks per twin and weight, 1 where the twin is anchored.
+        """Full-size 0/1 masks per twin and trainable weight, 1 where the twin is anchored.
 
         Computed on demand (the model stores only the groups).
         """
+        active = self._active()
         return [
-            [tf.broadcast_to(1.0 - e, shape) for e, shape in zip(self._free_masks(k), self._shapes)]
+            [tf.broadcast_to(1.0 - e, self._shapes[i]) for e, i in zip(self._free_masks(k, active), active)]
             for k in range(self.num_groups)
         ]
 
     def group_sizes(self):
-        """Number of weight elements in each group (group g: where twin g − 1 is free)."""
-        groups = [np.asarray(g) for g in self._groups]
-        return splits_lib.group_sizes(groups, self._shapes, self.num_groups)
+        """Number of trainable weight elements in each group (twin g − 1 is free on group g)."""
+        active = self._active()
+        groups = [np.asarray(self._groups[i]) for i in active]
+        return splits_lib.group_sizes(groups, [self._shapes[i] for i in active], self.num_groups)
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
@@ -364,29 +299,22 @@ class HomotopyModel(keras.Model):
     def penalties(self):
         """Returns `(anchor, coupling)`: Σ_k ‖a_k ⊙ (w_k − θ̃)‖² and Σ_{j<k} ‖w_j − w_k‖².
 
-        Unweighted by L (plain norms for `norm="l2"`). Subclasses may
-        override it to change the penalty terms (with
-        `penalty_update="gradient"`: the proximal step assumes these).
+        Over the weights trainable now; unweighted by L (plain norms for
+        `norm="l2"`). Subclasses may override it to change the penalty
+        terms (with `penalty_update="gradient"`: the proximal step assumes
+        these).
         """
-        masks = [[1.0 - e for e in self._free_masks(k)] for k in range(self.num_groups)]
+        active = self._active()
+        masks = [[1.0 - e for e in self._free_masks(k, active)] for k in range(self.num_groups)]
+        anchors = None if self._anchor_weights is None else [self._anchor_weights[i] for i in active]
         return penalties_lib.homotopy_penalties(
-            [net.trainable_variables for net in self.nets],
-            self._anchor_weights, masks, self.norm,
+            [[ws[i] for i in active] for ws in self._paired], anchors, masks, self.norm,
         )
 
     def penalty_curvature(self, homotopy_l=None):
-        """Largest eigenvalue of the penalty terms' Hessian (`norm="squared"`).
+        """Largest eigenvalue of the penalties' Hessian per element at L (None for `norm="l2"`).
 
-        See `keras_hta.penalties.penalty_curvature`. What limits an explicit
-        gradient step on the penalties (`penalty_update="gradient"`): SGD
-        with momentum β diverges once `learning_rate · curvature >=
-        2(1 + β)`; for two twins the curvature is about 4/L at small L.
-
-        Args:
-            homotopy_l: Float or `None` (the current L).
-
-        Returns:
-            A float, or `None` for `norm="l2"` (not quadratic).
+        See `keras_hta.penalties.penalty_curvature`; `homotopy_l=None` means the current L.
         """
         if self.norm != "squared":
             return None
@@ -394,40 +322,26 @@ class HomotopyModel(keras.Model):
         return penalties_lib.penalty_curvature(L, self.num_groups)
 
     def check_stability(self, homotopy_l=None):
-        """Warns when SGD must diverge on the penalty terms at this L.
+        """Warns (RuntimeWarning) when SGD must diverge on the penalties at this L.
 
-        Only an explicit gradient step on the squared penalties
-        (`penalty_update="gradient"`) can diverge; the proximal update
-        cannot. Checks `keras.optimizers.SGD`, also inside a wrapper such
-        as `LossScaleOptimizer` (adaptive optimizers rescale the step).
-        Called at `compile` and by `HomotopyScheduler` for each L it sets.
+        Only the explicit step (`penalty_update="gradient"`) with squared
+        norms can; see `keras_hta.penalties.sgd_stability_message`. Called
+        at `compile` and by `HomotopyScheduler` for each L it sets.
 
         Returns:
             True when no problem is seen.
         """
-        optimizer = getattr(self, "optimizer", None)
-        while hasattr(optimizer, "inner_optimizer"):
-            optimizer = optimizer.inner_optimizer
-        curvature = self.penalty_curvature(homotopy_l)
-        if (self.penalty_update != "gradient" or curvature is None
-                or not isinstance(optimizer, keras.optimizers.SGD)):
-            return True
-        lr = float(np.asarray(optimizer.learning_rate))
-        limit = penalties_lib.sgd_divergence_limit(optimizer.momentum, optimizer.nesterov)
-        if lr * curvature < limit:
+        if self.penalty_update != "gradient" or self.norm != "squared":
             return True
         L = float(self.homotopy_l.numpy()) if homotopy_l is None else float(homotopy_l)
-        warnings.warn(
-            f"HomotopyModel: with SGD(learning_rate={lr:g}, momentum={optimizer.momentum:g}) "
-            f"L={L:g} makes the penalty terms diverge: learning_rate x "
-            f"curvature = {lr * curvature:.3g} >= {limit:.3g}. Use "
-            "penalty_update='proximal', a larger L or a smaller learning rate.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
+        message = penalties_lib.sgd_stability_message(getattr(self, "optimizer", None), L, self.num_groups)
+        if message:
+            warnings.warn(f"HomotopyModel: {message}", RuntimeWarning, stacklevel=3)
+        return message is None
 
     def compile(self, *args, **kwargs):
+        for twin in self.twins:  # trainable flags follow θ, as a recompile expects
+            twins_lib.sync_trainable(self.network, twin)
         super().compile(*args, **kwargs)
         self.check_stability()
 
@@ -435,6 +349,13 @@ class HomotopyModel(keras.Model):
         # Keras skips a custom compile() when loading; this one is safe to run.
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
+
+    def set_weights(self, weights):
+        """Sets every weight, except L and the schedule position (see the class docstring)."""
+        state = [v.numpy() for v in (self.homotopy_l, self.homotopy_epoch)]
+        super().set_weights(weights)
+        for v, value in zip((self.homotopy_l, self.homotopy_epoch), state):
+            v.assign(value)
 
     def _twin_loss(self, net, y, y_pred, sample_weight):
         """f of one twin: the compiled loss plus that twin's own losses.
@@ -448,7 +369,9 @@ class HomotopyModel(keras.Model):
                 value = self._compile_loss(y, y_pred, sample_weight)
             if value is not None:
                 losses.append(value)
-        losses.extend(self._aggregate_additional_loss(l) for l in net.losses)
+        for extra in net.losses:  # regularizers and add_loss, as Keras sums them
+            extra = extra if tf.as_dtype(extra.dtype).is_floating else tf.cast(extra, keras.config.floatx())
+            losses.append(tf.reduce_sum(extra))
         if not losses:
             raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
         return tf.add_n(losses) if len(losses) > 1 else losses[0]
@@ -458,15 +381,12 @@ class HomotopyModel(keras.Model):
         return self._twin_loss(self.network, y, y_pred, sample_weight)
 
     def _twin_batches(self, x, y, sample_weight):
-        """What each twin trains on: the whole batch, or examples k, k + m, ...
-
-        With `twin_batch="split"` a batch of fewer than m examples goes
-        whole to every twin, so that no twin gets an empty batch.
-        """
+        """What each twin trains on: the whole batch, or examples k, k + m, ..."""
         m = self.num_groups
         data = (x, y, sample_weight)
         if self.twin_batch != "split":
             return [data] * m
+        # A batch of fewer than m examples goes whole to every twin: none is empty.
         enough = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0] >= m
 
         def part(k):
@@ -477,23 +397,20 @@ class HomotopyModel(keras.Model):
 
         return [part(k) for k in range(m)]
 
-    def _proximal_step(self, gamma):
+    def _proximal_step(self, gamma, active):
         """Applies the penalties exactly after the optimizer's step (see `penalties.proximal_update`)."""
-        twin_variables = [net.trainable_variables for net in self.nets]
-        l_value = tf.cast(self.homotopy_l, "float32")
-        free = [self._free_masks(k) for k in range(self.num_groups)]
-        anchors = self._anchor_weights or [None] * len(self._groups)
         updates = []
-        for i, anchor in enumerate(anchors):
-            values = [ws[i] for ws in twin_variables]
+        for i in active:
+            values = [ws[i] for ws in self._paired]
             dtype = values[0].dtype
+            free = [e[0] for e in (self._free_masks(k, [i], dtype) for k in range(self.num_groups))]
+            anchor = None if self._anchor_weights is None else tf.cast(self._anchor_weights[i], dtype)
             new = penalties_lib.proximal_update(
-                [tf.convert_to_tensor(v) for v in values], [e[i] for e in free],
-                tf.cast(gamma, dtype), tf.cast(l_value, dtype),
-                None if anchor is None else tf.cast(anchor, dtype),
+                [tf.convert_to_tensor(v) for v in values], free,
+                tf.cast(gamma, dtype), tf.cast(self.homotopy_l, dtype), anchor,
             )
             updates += zip(values, new)
-        _assign_all(updates)
+        distribute_utils.assign_all(updates)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -501,6 +418,7 @@ class HomotopyModel(keras.Model):
         parts = self._twin_batches(x, y, sample_weight)
         proximal = self.penalty_update == "proximal"
         l_value = tf.cast(self.homotopy_l, "float32")
+        replicas = distribute_utils.replicas()
         with tf.GradientTape() as tape:
             twin_losses, predictions = [], []
             for net, (x_k, y_k, sw_k) in zip(self.nets, parts):
@@ -514,7 +432,7 @@ class HomotopyModel(keras.Model):
                 penalty = l_value * anchor + coupling / l_value
                 # Keras scales f by 1/replicas and sums gradients over replicas:
                 # the penalty, identical on every replica, must be scaled alike.
-                objective = f_total + tf.cast(penalty, f_total.dtype) / _replicas()
+                objective = f_total + tf.cast(penalty, f_total.dtype) / replicas
             scaled = self.optimizer.scale_loss(objective) if self.optimizer else objective
         gradients = tape.gradient(scaled, variables)
         if proximal:  # H's penalties at the weights f was evaluated at, for the logs
@@ -523,14 +441,13 @@ class HomotopyModel(keras.Model):
             gamma = tf.identity(tf.cast(self.optimizer.learning_rate, "float32"))  # before the step
         self.optimizer.apply(gradients, variables)
         if proximal:
-            self._proximal_step(gamma)
+            self._proximal_step(gamma, self._active())
 
         x, y, sample_weight = parts[0]  # θ's examples: its metrics and loss weights
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        replicas = tf.cast(_replicas(), "float32")
-        self._loss_tracker.update_state(
-            tf.cast(f_total, "float32") * replicas + tf.cast(penalty, "float32"), sample_weight=batch
-        )
+        loss_metric = next(m for m in self.metrics if m.name == "loss")
+        loss_metric.update_state(tf.cast(f_total, "float32") * replicas + tf.cast(penalty, "float32"),
+                                 sample_weight=batch)
         for tracker, value in zip(self.twin_loss_trackers, twin_losses):
             tracker.update_state(tf.cast(value, "float32") * replicas, sample_weight=batch)
         self.anchor_tracker.update_state(l_value * anchor)
@@ -562,9 +479,7 @@ class HomotopyModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        network = keras.saving.deserialize_keras_object(
-            config.pop("network"), custom_objects=custom_objects
-        )
+        network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
         # A callable split or anchor is saved as "custom": its groups or
         # anchors are created shape-only and come back with the weights.
         return cls(network=network, **config)

@@ -23,6 +23,22 @@ NORMS = ("squared", "l2")
 PENALTY_UPDATES = ("proximal", "gradient")
 
 
+def check_options(norm, penalty_update):
+    """Raises for an unknown `norm` or `penalty_update`, or the inexact pair l2 + proximal."""
+    if norm not in NORMS:
+        raise ValueError(f"Argument `norm` must be one of {NORMS}. Received: norm={norm!r}")
+    if penalty_update not in PENALTY_UPDATES:
+        raise ValueError(
+            f"Argument `penalty_update` must be one of {PENALTY_UPDATES}. Received: penalty_update={penalty_update!r}"
+        )
+    if norm == "l2" and penalty_update == "proximal":
+        raise ValueError(
+            "Argument `penalty_update`='proximal' needs norm='squared' (the proximal step is exact for the "
+            "squared norms only). Received: norm='l2', penalty_update='proximal'. Pass "
+            "penalty_update='gradient' for the l2 form."
+        )
+
+
 def _safe_sqrt(x):
     # sqrt with gradient 0 at 0 instead of inf/NaN (twins start equal).
     positive = x > 0
@@ -157,3 +173,36 @@ def sgd_divergence_limit(momentum=0.0, nesterov=False):
     """
     beta = float(momentum)
     return 2 * (1 + beta) / (1 + 2 * beta) if nesterov else 2 * (1 + beta)
+
+
+def sgd_stability_message(optimizer, homotopy_l, num_groups=2):
+    """Why an explicit gradient step on the squared penalties diverges, or `None`.
+
+    Looks through wrappers with an `inner_optimizer` (`LossScaleOptimizer`
+    under mixed precision) to a `keras.optimizers.SGD`; other optimizers
+    rescale the step and are not checked.
+
+    Args:
+        optimizer: A Keras optimizer or `None`.
+        homotopy_l: Float, L.
+        num_groups: Integer, the number of twins.
+
+    Returns:
+        A sentence for a warning, or `None` when no divergence is predicted.
+    """
+    import keras
+
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    if not isinstance(optimizer, keras.optimizers.SGD):
+        return None
+    lr = float(np.asarray(optimizer.learning_rate))
+    curvature = penalty_curvature(homotopy_l, num_groups)
+    limit = sgd_divergence_limit(optimizer.momentum, optimizer.nesterov)
+    if lr * curvature < limit:
+        return None
+    return (
+        f"with SGD(learning_rate={lr:g}, momentum={optimizer.momentum:g}) L={homotopy_l:g} makes the "
+        f"penalty terms diverge: learning_rate x curvature = {lr * curvature:.3g} >= {limit:.3g}. Use "
+        "penalty_update='proximal', a larger L or a smaller learning rate."
+    )

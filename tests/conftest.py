@@ -3,7 +3,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# keras_hta.data's cache: never the user's ~/.keras during tests.
+# keras_hta.experiments.data's cache: never the user's ~/.keras during tests.
 os.environ.setdefault("KERAS_HTA_CACHE", __import__("tempfile").mkdtemp(prefix="keras_hta_cache_"))
 
 import numpy as np  # noqa: E402

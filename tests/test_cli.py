@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from keras_hta import cli
+from keras_hta.experiments import cli
 from test_data import make_folder
 
 BASE = ["--epochs", "1", "--seeds", "0", "--verbose", "0"]
@@ -96,7 +96,7 @@ def _record_batches(monkeypatch):
 
     import tensorflow as tf
 
-    from keras_hta import compare
+    from keras_hta.experiments import compare
 
     seen, original = [], compare.make_pipelines
 
@@ -187,7 +187,7 @@ def test_unreadable_results_file_is_named(tmp_path, capsys):
     (["--width", "-1"], "--width"),
 ])
 def test_every_flag_is_checked_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, flags, message):
-    from keras_hta import compare
+    from keras_hta.experiments import compare
 
     monkeypatch.setattr(compare, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(SystemExit) as info:
@@ -218,7 +218,7 @@ def test_logs_print_a_line_per_epoch_and_no_shuffle_warning(tmp_path, capsys):
 
 
 def test_tune_never_reads_the_test_set(tmp_path, capsys, monkeypatch):
-    from keras_hta import compare
+    from keras_hta.experiments import compare
 
     original = compare.make_pipelines
     monkeypatch.setattr(compare, "make_pipelines", lambda *a: original(*a)[:2] + (None,) + original(*a)[3:])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_hta import data
+from keras_hta.experiments import data
 
 CLASSES = ("cat", "ant", "bee")  # written unsorted: labels follow sorted names
 
@@ -173,7 +173,7 @@ def test_stratified_indices_keep_class_shares_and_follow_the_seed():
 
 
 def test_subsets_and_validation_split_are_stratified():
-    from keras_hta import compare
+    from keras_hta.experiments import compare
 
     config = {"dataset": "mnist1d", "val_size": 0.1, "train_size": 500, "test_size": 200}
     d = compare.load_data(config)

@@ -5,7 +5,8 @@ import doctest
 import pytest
 
 import keras_hta
-from keras_hta import models, schedules
+from keras_hta import schedules
+from keras_hta.experiments import models
 
 
 @pytest.mark.parametrize("module", [schedules, models])

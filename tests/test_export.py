@@ -10,7 +10,7 @@ import pytest
 
 import keras
 import keras_hta as hta
-from keras_hta import cli
+from keras_hta.experiments import cli
 from conftest import dense_network, regression_data
 
 

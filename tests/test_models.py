@@ -2,7 +2,7 @@
 
 import pytest
 
-from keras_hta import models
+from keras_hta.experiments import models
 
 
 def _vgg_params(depth, width, classes=10):

@@ -83,7 +83,7 @@ def test_upstream_keras_still_needs_the_workaround(tmp_path):
 
 
 def test_compare_multi_worker_command(tmp_path):
-    argv = ["-m", "keras_hta.cli", "compare", "--multi-worker", "--model", "mlp", "--epochs", "1", "--seeds", "0",
+    argv = ["-m", "keras_hta.experiments.cli", "compare", "--multi-worker", "--model", "mlp", "--epochs", "1", "--seeds", "0",
             "--train-size", "256", "--test-size", "128", "--verbose", "0", "--out", str(tmp_path)]
     for code, err in _launch(lambda index: argv):
         assert code == 0, err[-3000:]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from keras_hta import nonconvex, schedules
+from keras_hta import schedules
+from keras_hta.experiments import nonconvex
 
 
 def _fd_gradient(fun, x, h=1e-6):

@@ -1,4 +1,8 @@
-"""The `keras-hta` command line: `keras-hta nonconvex`, `keras-hta compare`."""
+"""The `keras-hta` command line: `nonconvex`, `compare`, `tune`, `export`.
+
+Parsing imports nothing heavy: each subcommand imports TensorFlow, SciPy or
+keras-tuner when it runs, so `keras-hta --help` answers at once.
+"""
 
 import argparse
 import contextlib
@@ -25,15 +29,16 @@ def _nonconvex_parser(sub):
         "nonconvex",
         help="Table 1: global minima found by BFGS and by the homotopy quasi-Newton method",
         description="The paper's non-convex benchmark (eq. 33, Table 1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--n", type=int, nargs="+", default=[2, 4, 6], help="dimensions (default: 2 4 6)")
+    p.add_argument("--n", type=int, nargs="+", default=[2, 4, 6], help="dimensions")
     p.add_argument("--anchors", type=_anchor, nargs="+", default=["zeros", "init"],
-                   help="homotopy anchors: zeros, init or a number c (anchor c*1); default: zeros init")
-    p.add_argument("--grid", type=float, nargs="+", help="start grid per coordinate (default: the paper's)")
+                   help="homotopy anchors: zeros, init or a number c (anchor c*1)")
+    p.add_argument("--grid", type=float, nargs="+", help="start grid per coordinate (when not given: the paper's)")
     p.add_argument("--L-start", type=float, default=0.9)
     p.add_argument("--L-stop", type=float, default=0.1)
     p.add_argument("--L-step", type=float, default=-0.1)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="processes (when not given: all CPUs)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="draw Figure 1 (n=2, with solver paths) to this PNG file")
     p.set_defaults(func=run_nonconvex)
@@ -55,7 +60,7 @@ def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
 
 
 def run_nonconvex(args):
-    from keras_hta.compare import l_schedule
+    from keras_hta.experiments.compare import l_schedule
 
     schedule = l_schedule({"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step})
     if args.workers is not None and args.workers < 1:
@@ -64,7 +69,7 @@ def run_nonconvex(args):
         raise ValueError(f"Argument `--n` must be >= 1. Received: --n {' '.join(map(str, args.n))}")
     import keras
 
-    from keras_hta import nonconvex
+    from keras_hta.experiments import nonconvex
     rows = []
     for n in args.n:
         starts = nonconvex.paper_starts(n, args.grid)
@@ -92,7 +97,7 @@ def run_nonconvex(args):
         with open(args.json, "w") as f:
             json.dump({"schedule": schedule.get_config(), "rows": rows}, f, indent=2)
     if args.plot:
-        from keras_hta.plots import plot_nonconvex
+        from keras_hta.experiments.plots import plot_nonconvex
 
         print("wrote", plot_nonconvex(args.plot, schedule=schedule, anchor=args.anchors[0]))
     return rows
@@ -103,10 +108,11 @@ def _export_parser(sub):
         "export",
         help="export a saved HomotopyModel (.keras) as a TF SavedModel for serving",
         description="Merge a saved HomotopyModel and write a TF SavedModel with a `serve` endpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a .keras file saved from a HomotopyModel")
     p.add_argument("path", help="the SavedModel directory to write")
-    p.add_argument("--how", default="theta", help="theta (default), eta, average, or a twin index")
+    p.add_argument("--how", default="theta", help="theta, eta, average, or a twin index")
     p.set_defaults(func=run_export)
 
 
@@ -132,8 +138,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     _nonconvex_parser(sub)
     _export_parser(sub)
-    from keras_hta.compare import add_compare_parser
-    from keras_hta.tuning import add_tune_parser
+    from keras_hta.experiments.compare import add_compare_parser
+    from keras_hta.experiments.tune import add_tune_parser
 
     add_compare_parser(sub)
     add_tune_parser(sub)
@@ -145,7 +151,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # What results files record: the command as typed, or as a script passed it.
     args.command_line = "keras-hta " + " ".join(sys.argv[1:] if argv is None else argv)
-    from keras_hta.data import DataUnavailableError
+    from keras_hta.experiments import DataUnavailableError
 
     try:
         args.func(args)

@@ -11,6 +11,7 @@ flags sit beside them), then summarised in `results.md` (the paper's Table 2
 and Table 3 formats) and `val_error.png` (Figure 2).
 """
 
+import argparse
 import json
 import os
 import time
@@ -28,26 +29,27 @@ def add_compare_parser(sub):
         "compare",
         help="train plain SGD and HTA with identical hyperparameters and compare",
         description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_model_arguments(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant", help="default: constant")
-    p.add_argument("--L-start", type=float, default=0.01, help="default 0.01 (the paper)")
-    p.add_argument("--L-stop", type=float, default=0.005, help="default 0.005")
-    p.add_argument("--L-step", type=float, default=-0.001, help="default -0.001")
-    p.add_argument("--epochs-per-L", type=int, default=4, help="default 4")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--L-start", type=float, default=0.01, help="the first L (the paper's)")
+    p.add_argument("--L-stop", type=float, default=0.005, help="the last L")
+    p.add_argument("--L-step", type=float, default=-0.001, help="the change of L between values")
+    p.add_argument("--epochs-per-L", type=int, default=4)
     p.add_argument("--norm", choices=["squared", "l2"], default="squared",
-                   help="squared (default, the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
+                   help="squared (the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
     p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
-                   help="proximal (default: the penalties applied exactly after each optimizer step; stable at any "
+                   help="proximal (the penalties applied exactly after each optimizer step; stable at any "
                         "learning rate) or gradient (an explicit gradient step on them)")
-    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels", help="default: channels")
-    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros", help="default: zeros")
+    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels")
+    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["sgd", "hta"],
-                   help="what to train (default: sgd hta); also hta_l2 (the authors' form: l2 norms, explicit "
+                   help="what to train: sgd (required), hta, and also hta_l2 (the authors' form: l2 norms, explicit "
                         "gradient step), hta_split (each twin sees half of each batch) and sgd_ema (SGD with "
                         "Keras' use_ema=True)")
-    p.add_argument("--out", default="compare_results", help="output folder (default compare_results)")
+    p.add_argument("--out", default="compare_results", help="output folder")
     p.add_argument("--multi-worker", action="store_true",
                    help="train with MultiWorkerMirroredStrategy across the workers in TF_CONFIG "
                         "(start the same command on every worker; the chief writes the results)")
@@ -57,15 +59,15 @@ def add_compare_parser(sub):
 def add_data_model_arguments(p):
     """The data, model and optimizer flags shared by `compare` and `tune`."""
     p.add_argument("--dataset", choices=["mnist1d", "cifar10"], default="mnist1d",
-                   help="mnist1d (default, generated locally) or cifar10 (tensorflow_datasets)")
+                   help="mnist1d (generated locally) or cifar10 (tensorflow_datasets)")
     p.add_argument("--data-dir", help="image folder or .tar.gz with train/<class>/* and test/<class>/* (CIFAR-10 layout)")
     p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir for --dataset cifar10")
     p.add_argument("--cache-dir", help="where archives are extracted and decoded images cached "
-                                       "(default: $KERAS_HTA_CACHE, else ~/.keras/keras_hta)")
+                                       "(when not given: $KERAS_HTA_CACHE, else ~/.keras/keras_hta)")
     p.add_argument("--model", choices=["vgg11", "vgg13", "vgg16", "vgg19", "cnn1d", "mlp"],
-                   help="default: cnn1d for mnist1d, vgg11 for images")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
-    p.add_argument("--epochs", type=int, default=24, help="default 24 (the paper's 6 L values x 4 epochs)")
+                   help="when not given: cnn1d for mnist1d, vgg11 for images")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--epochs", type=int, default=24, help="epochs per run (compare: 24, the paper's 6 L values x 4)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -74,10 +76,10 @@ def add_data_model_arguments(p):
     p.add_argument("--test-size", type=int, help="use a stratified, seeded subset of this many test examples")
     p.add_argument("--val-size", type=float, default=0.1,
                    help="validation examples held out of the training data, stratified: a count, or a fraction "
-                        "if below 1 (default 0.1: 5,000 images of CIFAR-10, 400 of MNIST-1D)")
+                        "if below 1 (0.1: 5,000 images of CIFAR-10, 400 of MNIST-1D)")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2],
-                   help="Keras fit verbosity (default: 1, a progress bar, on a terminal; 2, a line per epoch, "
-                        "otherwise)")
+                   help="Keras fit verbosity (when not given: 1, a progress bar, on a terminal; 2, a line per "
+                        "epoch, otherwise)")
 
 
 HTA_KEYS = ("L_start", "L_stop", "L_step", "epochs_per_L", "norm", "penalty_update", "split", "anchor")
@@ -157,7 +159,7 @@ def load_data(config, tfds_dir=None, cache_dir=None):
     `y_test` and `class_names`. The validation split and the subsets are
     stratified and drawn with `DATA_SEED`, the same for every run.
     """
-    from keras_hta import data
+    from keras_hta.experiments import data
 
     if config["dataset"].startswith("folder:"):
         d = data.load_image_folder(config["dataset"][len("folder:"):], cache_dir=cache_dir)
@@ -193,7 +195,7 @@ def make_pipelines(d, config, seed):
     Call after `keras.utils.set_random_seed(seed)`: then the training
     batches are a function of `seed` alone.
     """
-    from keras_hta import data
+    from keras_hta.experiments import data
 
     bs = config["batch_size"]
     if d["x_train"].dtype == np.uint8:  # images: the paper's augmentation
@@ -250,7 +252,7 @@ def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
     import keras
 
     import keras_hta as hta
-    from keras_hta import models
+    from keras_hta.experiments import models
 
     keras.utils.set_random_seed(seed)
     train, val, test, shape = make_pipelines(d, config, seed)
@@ -380,7 +382,7 @@ def read_runs(path):
 def run_compare(args, command=None):
     import sys
 
-    from keras_hta.plots import plot_error_curves
+    from keras_hta.experiments.plots import plot_error_curves
 
     config = _config(args)
     command = command or getattr(args, "command_line", None) or "keras-hta " + " ".join(sys.argv[1:])

@@ -27,8 +27,7 @@ import tensorflow as tf
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class DataUnavailableError(RuntimeError):
-    """A data set could not be loaded (for instance, no download possible)."""
+from keras_hta.experiments import DataUnavailableError  # noqa: F401  (raised here; the CLI catches it)
 
 
 def cache_root(cache_dir=None):

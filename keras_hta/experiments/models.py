@@ -43,7 +43,7 @@ def vgg(depth=11, batch_norm=True, width=1.0, num_classes=10, input_shape=(32, 3
 
     Example:
 
-    >>> model = keras_hta.models.vgg(11, width=0.125)
+    >>> model = keras_hta.experiments.models.vgg(11, width=0.125)
     >>> model.output_shape
     (None, 10)
     """

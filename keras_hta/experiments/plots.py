@@ -20,13 +20,13 @@ def plot_nonconvex(path, starts=((5.0, 4.0), (0.0, 5.0), (4.0, 0.0)), schedule=N
         path: String, the PNG file to write.
         starts: Starting points (x₁, x₂).
         schedule, anchor: For the homotopy method, as in
-            `keras_hta.nonconvex.solve_homotopy`.
+            `keras_hta.experiments.nonconvex.solve_homotopy`.
         extent: Float, the plot covers [-extent, extent]².
 
     Returns:
         `path`.
     """
-    from keras_hta import nonconvex
+    from keras_hta.experiments import nonconvex
 
     plt = _pyplot()
     grid = np.linspace(-extent, extent, 401)
