@@ -149,6 +149,8 @@ def trainable_by_construction(network, twin):
     when it is unfrozen.
     """
     twin.trainable = True
+    for layer in _layer_tree(twin):  # Keras does not always reach nested models' layers
+        layer.trainable = True
     possible = {id(v) for v in twin.trainable_weights}
     sync_trainable(network, twin)
     return [id(v) in possible for v in twin.weights]

@@ -74,3 +74,13 @@ def test_readme_ecosystem_snippets_run(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert (tmp_path / "multi_worker" / "results.json").exists()
+
+
+def test_readme_fine_tuning_and_subclassed_snippets_run(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Fine-tuning and subclassed models", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    out = _run(code, tmp_path)
+    sizes = [int(v) for v in re.findall(r"\d+", out.splitlines()[-1])]
+    assert len(sizes) == 2 and min(sizes) > 0.4 * sum(sizes)  # channels: each layer cut in half
+    assert (tmp_path / "small.keras").exists()

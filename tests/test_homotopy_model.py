@@ -456,3 +456,47 @@ def test_split_batch_never_hands_a_twin_an_empty_batch(batch):
         plain.fit(x[part], y[part], batch_size=batch, epochs=1, shuffle=False, verbose=0)
         for got, want in zip(net.get_weights(), plain.get_weights()):
             np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_stability_check_sees_through_the_loss_scale_optimizer():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = hta.HomotopyModel.from_model(dense_network(hidden=4), homotopy_l=0.01, penalty_update="gradient")
+        with pytest.warns(RuntimeWarning, match="diverge"):
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        # The proximal update is stable there, and trains under mixed precision.
+        x, y = regression_data(n=32)
+        model = hta.HomotopyModel.from_model(dense_network(hidden=4), homotopy_l=0.01)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        history = model.fit(x, y, batch_size=8, epochs=5, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        assert history.history["f_theta"][-1] < history.history["f_theta"][0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False])
+def test_restore_best_weights_keeps_l_and_the_schedule_position(scheduler_first):
+    x, y = regression_data(n=32)
+    keras.utils.set_random_seed(5)
+    model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=0.2)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    best = {}
+
+    class Keep(keras.callbacks.Callback):  # the weights at each epoch, to compare with the restored ones
+        def on_epoch_end(self, epoch, logs=None):
+            best[epoch] = [w.copy() for w in model.network.get_weights()]
+
+    # Monitor what the schedule lowers: the best epoch is the first, so the weights rewind 5 epochs.
+    stop = keras.callbacks.EarlyStopping(monitor="homotopy_l", mode="max", patience=100, restore_best_weights=True)
+    scheduler = hta.HomotopyScheduler(hta.schedules.Linear(0.2, 0.05, -0.05))
+    callbacks = [scheduler, stop, Keep()] if scheduler_first else [stop, scheduler, Keep()]
+    model.fit(x, y, batch_size=8, epochs=6, verbose=0, callbacks=callbacks)
+    assert float(model.homotopy_l.numpy()) == pytest.approx(0.05)  # where the schedule got to
+    assert int(model.homotopy_epoch.numpy()) == 6
+    for got, want, last in zip(model.network.get_weights(), best[0], best[5]):
+        np.testing.assert_array_equal(got, want)  # the network weights are the best (first) epoch's
+        assert got.shape == () or not np.array_equal(got, last) or np.all(got == 0)
