@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's experiments as run for benchmarks/RESULTS.md (about 15 minutes on 2 cores).
+# The paper's experiments as run for benchmarks/RESULTS.md (about 8 minutes on 2 cores).
 # Outputs land in benchmarks/results/. CIFAR-10 path: first argument, default ../shared/datasets/cifar10-jpeg.tar.gz
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,3 +46,25 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     assert set(result["d"]["arms"]) == {"sgd", "hta"} and result["d"]["pipeline_images_per_s"] > 0
     for name in ("gpu_check.md", "step_time.png", "stage_a.json", "stage_d.json"):
         assert (tmp_path / name).exists(), name
+
+
+def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    command = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", "--trials", "2", "--epochs", "1",
+               "--seeds", "2", "--train-size", "256", "--arms", "sgd", "sgd_ema", "h1_paper_zeros", "h3_elastic_split",
+               "sgd_2x", "--out", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = json.loads((tmp_path / "study.json").read_text())
+    assert set(state["tuned"]) == {"sgd", "sgd_ema", "h1_paper_zeros", "h3_elastic_split"}
+    rows = state["summary"]
+    for arm, row in rows.items():
+        accs = [100 * r["test_accuracy"] for r in state["finals"][arm]]
+        assert row["acc_mean"] == pytest.approx(np.mean(accs)) and len(accs) == 2
+    sgd, hta = rows["sgd"]["err_mean"], rows["h3_elastic_split"]["err_mean"]
+    assert rows["h3_elastic_split"]["roi_vs_sgd"] == pytest.approx(100 * (sgd - hta) / sgd)
+    assert 0 <= rows["h1_paper_zeros"]["p_vs_sgd"] <= 1 or np.isnan(rows["h1_paper_zeros"]["p_vs_sgd"])
+    # Resumable: a second call trains nothing new and reports the same table.
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "  final " not in again.stdout and "tuning " not in again.stdout
+    assert json.loads((tmp_path / "study.json").read_text())["summary"] == rows
