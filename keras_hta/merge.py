@@ -3,6 +3,7 @@
 import numpy as np
 
 import keras
+from keras_hta import twins as twins_lib
 
 HOWS = ("theta", "eta", "average")
 
@@ -93,10 +94,7 @@ def recompute_batchnorm(model, data, steps=None):
     Returns:
         The number of batches used.
     """
-    layers = [
-        l for l in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(l, keras.layers.BatchNormalization)
-    ]
+    layers = [l for l in twins_lib.layer_tree(model) if isinstance(l, keras.layers.BatchNormalization)]
     if not layers:
         return 0
     saved = [(l.momentum, l.trainable) for l in layers]

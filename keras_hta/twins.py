@@ -124,19 +124,19 @@ def pair_weights(network, twin):
     return list(zip(a, b))
 
 
-def _layer_tree(model):
+def layer_tree(model):
     """Every layer below `model` that Keras lists, parents before children."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
-            yield from _layer_tree(layer)
+            yield from layer_tree(layer)
 
 
 def sync_trainable(source, target):
     """Gives every layer of `target` the `trainable` flag of its counterpart in `source`."""
     if target.trainable != source.trainable:
         target.trainable = source.trainable
-    for a, b in zip(_layer_tree(source), _layer_tree(target)):
+    for a, b in zip(layer_tree(source), layer_tree(target)):
         if b.trainable != a.trainable:
             b.trainable = a.trainable  # parents first: a child's own flag wins
 
@@ -149,7 +149,7 @@ def trainable_by_construction(network, twin):
     when it is unfrozen.
     """
     twin.trainable = True
-    for layer in _layer_tree(twin):  # Keras does not always reach nested models' layers
+    for layer in layer_tree(twin):  # Keras does not always reach nested models' layers
         layer.trainable = True
     possible = {id(v) for v in twin.trainable_weights}
     sync_trainable(network, twin)
