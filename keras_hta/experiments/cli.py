@@ -157,6 +157,9 @@ def main(argv=None):
         args.func(args)
     except (DataUnavailableError, ValueError, TypeError) as error:
         parser.exit(2, f"keras-hta {args.command}: error: {error}\n")
+    except ModuleNotFoundError as error:  # a lean install: the harness's extras are missing
+        parser.exit(2, f"keras-hta {args.command}: error: {error.name} is not installed; the experiment "
+                       "harness needs its extras: pip install \"keras-hta[experiments]\"\n")
     return 0
 
 
