@@ -86,9 +86,11 @@ class HomotopyScheduler(keras.callbacks.Callback):
             # fit() call counts (e.g. fit() again after load_model()).
             self._offset = max(0, int(self.model.homotopy_epoch.numpy()) - epoch)
         position = epoch + self._offset
-        self.model.homotopy_epoch.assign(position)
         if self.update == "epoch":
-            self._set_l(position, "epoch")
+            self._set_l(position, "epoch")  # first: a bad L is refused before anything changes
+        # The count includes the epoch now running, so that a checkpoint taken
+        # at its end holds the same position whatever the callback order.
+        self.model.homotopy_epoch.assign(position + 1)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.update == "batch":

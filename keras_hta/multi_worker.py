@@ -19,6 +19,8 @@ strategy and calls it. `tests/test_multi_worker.py` checks that unpatched
 Keras still fails, so the workaround can go when upstream is fixed.
 """
 
+import warnings
+
 import tensorflow as tf
 
 _PATCHED = False
@@ -35,8 +37,23 @@ def patch_keras():
     global _PATCHED
     if _PATCHED:
         return False
+    import keras
     from keras import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    # The Keras-version guard: the workaround replaces private functions of
+    # Keras 3's TensorFlow trainer; where they are gone, it is not installed.
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+    except ImportError:
+        tf_trainer = None
+    if tf_trainer is None or not all(
+        hasattr(owner, name) for owner, name in (
+            (tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"), (tf_trainer, "reduce_per_replica"),
+            (tf_trainer, "_collective_all_reduce_multi_worker"))
+    ):
+        warnings.warn(f"keras_hta.multi_worker: Keras {keras.__version__} lacks a function the workaround for "
+                      "keras-team/keras#20585 replaces, so it is not installed; training runs with Keras as it is.", RuntimeWarning)
+        return False
 
     original_reduce = tf_trainer.reduce_per_replica
     original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build

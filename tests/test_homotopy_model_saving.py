@@ -63,3 +63,21 @@ def test_save_right_after_fit_keeps_every_weight(tmp_path):
     assert keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(restored)
     ).get_config() == config
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False])
+def test_checkpoint_weights_bring_back_their_l_and_schedule_position(tmp_path, scheduler_first):
+    # A weights file is a full snapshot: load_weights restores L and the
+    # schedule position saved with it (what BackupAndRestore relies on), in
+    # either callback order.
+    x, y = regression_data(n=48)
+    model = _build()
+    path = str(tmp_path / "best.weights.h5")
+    checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="homotopy_l", mode="max", save_best_only=True,
+                                                 save_weights_only=True)
+    callbacks = [_schedule(), checkpoint] if scheduler_first else [checkpoint, _schedule()]
+    model.fit(x, y, epochs=4, batch_size=16, shuffle=False, verbose=0, callbacks=callbacks)
+    assert float(model.homotopy_l.numpy()) == pytest.approx(0.2)  # epochs 0..3: L 0.5 0.4 0.3 0.2
+    model.load_weights(path)  # the best epoch by the monitor: the first
+    assert float(model.homotopy_l.numpy()) == pytest.approx(0.5)
+    assert int(model.homotopy_epoch.numpy()) == 1  # saved at the end of epoch 0
