@@ -119,14 +119,15 @@ def _export_parser(sub):
 def run_export(args):
     import os
 
+    if not os.path.exists(args.checkpoint):
+        raise ValueError(f"Argument `checkpoint` does not exist. Received: {args.checkpoint!r}")
     import keras
 
     import keras_hta
+    from keras_hta.homotopy_model import HomotopyModel  # registers the class before Keras looks it up
 
-    if not os.path.exists(args.checkpoint):
-        raise ValueError(f"Argument `checkpoint` does not exist. Received: {args.checkpoint!r}")
     model = keras.models.load_model(args.checkpoint)
-    if not isinstance(model, keras_hta.HomotopyModel):
+    if not isinstance(model, HomotopyModel):
         raise TypeError(f"Argument `checkpoint` must hold a HomotopyModel. Received: a {type(model).__name__}")
     how = int(args.how) if args.how.isdigit() else args.how
     plain = keras_hta.export_saved_model(model, args.path, how=how)
