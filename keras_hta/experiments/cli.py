@@ -29,7 +29,6 @@ def _nonconvex_parser(sub):
         "nonconvex",
         help="Table 1: global minima found by BFGS and by the homotopy quasi-Newton method",
         description="The paper's non-convex benchmark (eq. 33, Table 1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--n", type=int, nargs="+", default=[2, 4, 6], help="dimensions")
     p.add_argument("--anchors", type=_anchor, nargs="+", default=["zeros", "init"],
@@ -108,7 +107,6 @@ def _export_parser(sub):
         "export",
         help="export a saved HomotopyModel (.keras) as a TF SavedModel for serving",
         description="Merge a saved HomotopyModel and write a TF SavedModel with a `serve` endpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a .keras file saved from a HomotopyModel")
     p.add_argument("path", help="the SavedModel directory to write")
@@ -144,6 +142,8 @@ def build_parser():
 
     add_compare_parser(sub)
     add_tune_parser(sub)
+    for subcommand in sub.choices.values():  # every --help shows every default
+        subcommand.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 
 

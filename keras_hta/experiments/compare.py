@@ -11,7 +11,6 @@ flags sit beside them), then summarised in `results.md` (the paper's Table 2
 and Table 3 formats) and `val_error.png` (Figure 2).
 """
 
-import argparse
 import json
 import os
 import time
@@ -29,7 +28,6 @@ def add_compare_parser(sub):
         "compare",
         help="train plain SGD and HTA with identical hyperparameters and compare",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_model_arguments(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -4,7 +4,6 @@ The objective is measured on the validation split held out of the training
 data; the test set is never read.
 """
 
-import argparse
 import sys
 
 
@@ -15,7 +14,6 @@ def add_tune_parser(sub):
         "tune",
         help="search L schedules (and split, anchor) with keras-tuner",
         description="A small keras-tuner search over HTA's L schedule on the compare data sets and models.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_model_arguments(p)
     p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
