@@ -15,7 +15,6 @@ from keras_hta import splits as splits_lib
 from keras_hta import twins as twins_lib
 
 TWIN_BATCHES = ("full", "split")
-STATE = ("homotopy_l", "homotopy_epoch")  # kept by set_weights: training state, not network weights
 
 
 @contextlib.contextmanager
@@ -352,9 +351,9 @@ class HomotopyModel(keras.Model):
 
     def set_weights(self, weights):
         """Sets every weight, except L and the schedule position (see the class docstring)."""
-        state = [v.numpy() for v in (self.homotopy_l, self.homotopy_epoch)]
+        kept = [(v, v.numpy()) for v in (self.homotopy_l, self.homotopy_epoch)]  # training state, not network weights
         super().set_weights(weights)
-        for v, value in zip((self.homotopy_l, self.homotopy_epoch), state):
+        for v, value in kept:
             v.assign(value)
 
     def _twin_loss(self, net, y, y_pred, sample_weight):
