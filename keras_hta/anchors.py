@@ -12,7 +12,9 @@ def resolve_anchor(anchor, variables):
         anchor: `"zeros"` (θ̃ = 0, the paper's dropout reading and the
             authors' code), `"init"` (θ̃ = the weights at construction),
             a callable `variable -> array` of the variable's shape, or a
-            list of arrays, one per trainable variable, in order.
+            list of arrays, one per trainable variable, in order
+            (`"custom"`, what a saved callable or list is recorded as: zeros
+            of each shape, for the saved anchor to fill).
         variables: The model's trainable variables.
 
     Returns:
@@ -25,6 +27,8 @@ def resolve_anchor(anchor, variables):
     if isinstance(anchor, str):
         if anchor == "zeros":
             return None
+        if anchor == "custom":  # a saved callable or list: shape-only, filled by the saved weights
+            return [np.zeros(tuple(v.shape), v.dtype) for v in variables]
         if anchor == "init":
             return [np.array(v.numpy()) for v in variables]
         raise ValueError(

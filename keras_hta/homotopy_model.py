@@ -1,6 +1,5 @@
 """`HomotopyModel`: a Keras model trained with the Homotopy Training Algorithm."""
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -14,94 +13,63 @@ from keras_hta import schedules as schedules_lib
 from keras_hta import splits as splits_lib
 from keras_hta import twins as twins_lib
 
-TWIN_BATCHES = ("full", "split")
-
-
-@contextlib.contextmanager
-def _silenced(trackers):
-    """Keeps Keras' per-output loss trackers from recording a twin's loss."""
-    for tracker in trackers:
-        tracker.update_state = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        for tracker in trackers:
-            del tracker.update_state
-
 
 @keras.saving.register_keras_serializable(package="keras_hta")
 class HomotopyModel(keras.Model):
     """A model trained by the Homotopy Training Algorithm (HTA) in `fit`.
 
-    HTA keeps `num_groups` twin copies of all trainable weights (θ, η, ...)
-    and a fixed anchor θ̃. Each twin is free on one group of weights and
-    pulled towards the anchor on the others; every step of `fit` minimises
+    HTA keeps `num_groups` twin copies of the trainable weights (θ, η, ...)
+    and a fixed anchor θ̃. Twin k is free on one group of weights and pulled
+    towards the anchor on the others; each step of `fit` minimises
 
         H = Σ_k f(w_k) + L · Σ_k ‖a_k ⊙ (w_k − θ̃)‖² + (1/L) · Σ_{j<k} ‖w_j − w_k‖²
 
-    where f is the compiled loss (with sample weights and the twin's own
-    regularization losses), w_0 = θ is the wrapped network, and a_k is 1 on
-    the groups twin k is anchored on. For two twins this is the paper's
-    `f(θ) + L‖θ₁ − θ̃₁‖² + f(η) + L‖η₂ − θ̃₂‖² + (1/L)‖θ − η‖²`. Large L
-    decouples the twins into low-dimensional problems; small L forces them
-    together and recovers f. Anneal L with `keras_hta.HomotopyScheduler`.
+    f being the compiled loss plus the twin's own regularization losses,
+    w_0 = θ the wrapped network, a_k the mask of the groups twin k is
+    anchored on. For two twins this is the paper's `f(θ) + L‖θ₁ − θ̃₁‖² +
+    f(η) + L‖η₂ − θ̃₂‖² + (1/L)‖θ − η‖²`. Large L decouples the twins; small
+    L forces them together and recovers f. Anneal L with
+    `keras_hta.HomotopyScheduler`.
 
-    At construction every twin is an exact copy of θ (BatchNorm statistics
-    included). Which weights take part follows `trainable`: set it on the
-    wrapped network's layers (θ), then `compile` again as in plain Keras;
-    the twins follow θ's flags, frozen weights are left alone, and weights
-    unfrozen later join HTA with their anchor and group.
-
-    Callbacks that restore weights through `set_weights` (EarlyStopping
-    with `restore_best_weights=True`) restore every network weight and
-    leave L and the schedule position where training brought them; a
-    weights file (`save_weights`/`load_weights`, `BackupAndRestore`)
-    restores L and the position it holds.
-    `predict`, `evaluate` and `call` use θ; `keras_hta.merge` returns a plain
-    Keras model.
-
-    Build it like a Functional model, `HomotopyModel(inputs, outputs)`, or
-    around an existing built model, `HomotopyModel.from_model(model)`.
+    Twins start as exact copies of θ (BatchNorm statistics included) and
+    follow θ's `trainable` flags at each `compile`, so freezing and
+    unfreezing layers works as in plain Keras. `predict`, `evaluate` and
+    `call` use θ; `keras_hta.merge` returns a plain Keras model. Build it
+    like a Functional model, `HomotopyModel(inputs, outputs)`, or around a
+    built model, `HomotopyModel.from_model(model)`.
 
     Args:
-        inputs: Input tensor(s) of a Functional network, as for `keras.Model`.
-        outputs: Output tensor(s) of that network.
-        network: A built `keras.Model` to wrap instead of `inputs`/`outputs`
-            (what `from_model` passes). Its weights become θ.
-        split: String or callable. `"channels"` (default, paper §2.1: each
-            weight's output channels/units cut into groups, biases with
-            them), `"layers"` (paper §2.2: the first half of the layers vs
-            the second half), `"random"` (a fixed dropout-style mask drawn
-            with `seed`), or a callable `variable -> array` of group indices
-            (a boolean mask, True on θ₁, for two groups).
-        anchor: `"zeros"` (default, the paper's dropout reading and the
-            authors' code), `"init"` (the weights at construction), a
-            callable `variable -> array`, or a list of arrays.
-        num_groups: Integer >= 2, the number of twins and groups (default
-            2, the paper). Twin k is free on group `(k + 1) % num_groups`.
-        homotopy_l: Float > 0, L before any scheduler changes it (default
+        inputs, outputs: Input and output tensors of a Functional network.
+        network: A built `keras.Model` to wrap instead (what `from_model`
+            passes); its weights become θ.
+        split: `"channels"` (default, paper §2.1: each weight's output
+            channels cut into groups, biases with them), `"layers"` (paper
+            §2.2: consecutive layers, balanced by size), `"random"` (a fixed
+            mask drawn with `seed`), or a callable `variable -> array` of
+            group indices (a boolean mask, True on θ₁, for two groups).
+        anchor: `"zeros"` (default, the authors' code), `"init"` (the
+            weights at construction), a callable `variable -> array`, or a
+            list of arrays.
+        num_groups: Integer >= 2 (default 2), the number of twins and
+            groups; twin k is free on group `(k + 1) % num_groups`.
+        homotopy_l: Float > 0, L before a scheduler changes it (default
             0.01, the start of the paper's schedule).
         norm: `"squared"` (default, the paper's formula) or `"l2"` (plain
-            norms, as the authors' published code does; needs
-            `penalty_update="gradient"`).
-        penalty_update: `"proximal"` (default) or `"gradient"`. Proximal:
-            the compiled optimizer steps on Σ_k f(w_k) only (momentum,
-            clipping, weight decay, loss scaling as usual), then every
-            weight element is set to the exact minimiser of
-            `½‖w − w′‖² + γ·penalties(w)`, γ the optimizer's learning rate
-            at that iteration: stable at any learning rate and any L, as
-            Keras applies `weight_decay`. Gradient: the penalties' gradient
-            is added to f's (the paper's explicit step; SGD diverges on it
-            once `learning_rate · penalty_curvature() >= 2(1 + momentum)`,
-            and the model warns).
-        twin_batch: `"full"` (default: every twin sees the whole batch, as
-            the paper) or `"split"` (twin k sees examples k, k + m, k + 2m,
-            ... of each batch, so a step costs about one plain step; a batch
-            of fewer than m examples goes whole to every twin).
+            norms, the authors' code; needs `penalty_update="gradient"`).
+        penalty_update: `"proximal"` (default): the optimizer steps on
+            Σ_k f(w_k) only, then every weight is set to the exact minimiser
+            of `½‖w − w′‖² + γ·penalties(w)`, γ the learning rate of that
+            step (`keras_hta.penalties.proximal_update`): stable at any
+            learning rate and L. `"gradient"`: the penalties' gradient joins
+            f's (the paper's explicit step; SGD diverges once
+            `learning_rate · penalty_curvature() >= 2(1 + momentum)`, and
+            `compile` warns).
+        twin_batch: `"full"` (default: every twin sees the whole batch) or
+            `"split"` (twin k sees examples k, k + m, ...; a step costs about
+            one plain step).
         twin_factory: Optional callable `() -> keras.Model` building one
-            more copy of a subclassed network (built, or buildable like
-            θ); by default twins are cloned (Functional, Sequential) or
-            rebuilt from the network's config.
+            more copy of a subclassed network; by default twins are cloned
+            or rebuilt from the network's config.
         seed: Integer or `None`, for `split="random"`.
         name: String, the model's name.
 
@@ -109,9 +77,9 @@ class HomotopyModel(keras.Model):
         TypeError: `network` is not a Keras model, or a trainable weight is
             not floating point.
         ValueError: no trainable weights, an unbuilt network, an unknown or
-            empty split, a mask or anchor of the wrong shape,
-            `num_groups < 2`, a bad `norm` or `penalty_update` (or
-            `norm="l2"` with `"proximal"`), or L <= 0, NaN or inf.
+            empty split, a mask or anchor of the wrong shape, a bad
+            `num_groups`, `norm`, `penalty_update` or `twin_batch`, or L <= 0,
+            NaN or inf.
 
     Example:
 
@@ -157,34 +125,12 @@ class HomotopyModel(keras.Model):
             raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
         twins_lib.check_network(network)
         penalties_lib.check_options(norm, penalty_update)
-        if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 2:
-            raise ValueError(f"Argument `num_groups` must be an integer >= 2. Received: num_groups={num_groups!r}")
-        if twin_batch not in TWIN_BATCHES:
-            raise ValueError(
-                f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}"
-            )
+        twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
-        twins = [
-            twins_lib.clone_twin(network, twins_lib.twin_suffix(k, num_groups), twin_factory)
-            for k in range(1, num_groups)
-        ]
-        # The weights HTA may train: θ's trainable ones, and those of layers
-        # frozen now, paired with the twins' weights of the same layer and name.
-        eligible = twins_lib.trainable_by_construction(network, twins[0])
-        for twin in twins[1:]:
-            twins_lib.sync_trainable(network, twin)
-        variables = [v for v, ok in zip(network.weights, eligible) if ok]
-        pairs = [[w for w, ok in zip(t.weights, eligible) if ok] for t in twins]
-        # "custom" (what get_config records for a callable split or anchor):
-        # placeholders of the right shape, filled when the saved weights load.
-        if split == "custom":
-            groups = [np.zeros(tuple(v.shape), "int32") for v in variables]
-        else:
-            groups = splits_lib.assign_groups(network, variables, split, num_groups, seed)
-        if anchor == "custom":
-            anchor_values = [np.zeros(tuple(v.shape), v.dtype) for v in variables]
-        else:
-            anchor_values = anchors_lib.resolve_anchor(anchor, variables)
+        twins, paired = twins_lib.make_twins(network, num_groups, twin_factory)
+        variables = paired[0]
+        groups = splits_lib.assign_groups(network, variables, split, num_groups, seed)
+        anchor_values = anchors_lib.resolve_anchor(anchor, variables)
 
         super().__init__(name=name or f"homotopy_{network.name}", **kwargs)
         self.network = network
@@ -197,7 +143,7 @@ class HomotopyModel(keras.Model):
         self.anchor = anchor if isinstance(anchor, str) else "custom"
         self.seed = seed
         self._initial_l = homotopy_l
-        self._paired = [variables] + pairs  # per net, aligned with θ's eligible weights
+        self._paired = paired  # per net, aligned with θ's eligible weights
         self._shapes = [tuple(v.shape) for v in variables]
 
         self.homotopy_l = self.add_weight(
@@ -227,7 +173,8 @@ class HomotopyModel(keras.Model):
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
         self.coupling_tracker = keras.metrics.Mean(name="coupling")
         self.l_tracker = keras.metrics.Mean(name="homotopy_l")
-        self._homotopy_metric_names = {m.name for m in self._homotopy_trackers}
+        self._homotopy_metric_names = {m.name for m in self.twin_loss_trackers} | {
+            "anchor_penalty", "coupling", "homotopy_l"}
         self.built = True  # every weight exists now: save() right after fit() is safe
 
     @classmethod
@@ -250,8 +197,9 @@ class HomotopyModel(keras.Model):
         return w
 
     @property
-    def _homotopy_trackers(self):
-        return self.twin_loss_trackers + [self.anchor_tracker, self.coupling_tracker, self.l_tracker]
+    def output_names(self):
+        """θ's output names, which dict losses, metrics and targets are keyed by."""
+        return getattr(self.network, "output_names", None)
 
     @property
     def nets(self):
@@ -269,11 +217,6 @@ class HomotopyModel(keras.Model):
             return [tf.zeros(self._shapes[i], self._paired[0][i].dtype) for i in self._active()]
         return [tf.convert_to_tensor(self._anchor_weights[i]) for i in self._active()]
 
-    def _free_masks(self, k, indices, dtype="float32"):
-        """0/1 tensors, broadcastable to each weight, 1 where twin k is free."""
-        free = splits_lib.free_group(k, self.num_groups)
-        return [tf.cast(tf.equal(tf.cast(self._groups[i], "int32"), free), dtype) for i in indices]
-
     @property
     def anchor_masks(self):
         """Full-size 0/1 masks per twin and trainable weight, 1 where the twin is anchored.
@@ -281,10 +224,8 @@ class HomotopyModel(keras.Model):
         Computed on demand (the model stores only the groups).
         """
         active = self._active()
-        return [
-            [tf.broadcast_to(1.0 - e, self._shapes[i]) for e, i in zip(self._free_masks(k, active), active)]
-            for k in range(self.num_groups)
-        ]
+        masks = splits_lib.anchor_masks([self._groups[i] for i in active], self.num_groups)
+        return [[tf.broadcast_to(a, self._shapes[i]) for a, i in zip(ms, active)] for ms in masks]
 
     def group_sizes(self):
         """Number of trainable weight elements in each group (twin g − 1 is free on group g)."""
@@ -304,7 +245,7 @@ class HomotopyModel(keras.Model):
         these).
         """
         active = self._active()
-        masks = [[1.0 - e for e in self._free_masks(k, active)] for k in range(self.num_groups)]
+        masks = splits_lib.anchor_masks([self._groups[i] for i in active], self.num_groups)
         anchors = None if self._anchor_weights is None else [self._anchor_weights[i] for i in active]
         return penalties_lib.homotopy_penalties(
             [[ws[i] for i in active] for ws in self._paired], anchors, masks, self.norm,
@@ -315,20 +256,16 @@ class HomotopyModel(keras.Model):
 
         See `keras_hta.penalties.penalty_curvature`; `homotopy_l=None` means the current L.
         """
-        if self.norm != "squared":
-            return None
         L = float(self.homotopy_l.numpy()) if homotopy_l is None else float(homotopy_l)
-        return penalties_lib.penalty_curvature(L, self.num_groups)
+        return penalties_lib.penalty_curvature(L, self.num_groups) if self.norm == "squared" else None
 
     def check_stability(self, homotopy_l=None):
         """Warns (RuntimeWarning) when SGD must diverge on the penalties at this L.
 
         Only the explicit step (`penalty_update="gradient"`) with squared
-        norms can; see `keras_hta.penalties.sgd_stability_message`. Called
-        at `compile` and by `HomotopyScheduler` for each L it sets.
-
-        Returns:
-            True when no problem is seen.
+        norms can (`keras_hta.penalties.sgd_stability_message`). Called at
+        `compile` and by `HomotopyScheduler` for each L it sets. Returns
+        True when no problem is seen.
         """
         if self.penalty_update != "gradient" or self.norm != "squared":
             return True
@@ -338,10 +275,13 @@ class HomotopyModel(keras.Model):
             warnings.warn(f"HomotopyModel: {message}", RuntimeWarning, stacklevel=3)
         return message is None
 
-    def compile(self, *args, **kwargs):
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, *args, **kwargs):
         for twin in self.twins:  # trainable flags follow θ, as a recompile expects
             twins_lib.sync_trainable(self.network, twin)
-        super().compile(*args, **kwargs)
+        super().compile(optimizer, loss, loss_weights, *args, **kwargs)
+        # The twins' f: the same loss, its own (unreported) trackers; kept out
+        # of Keras' tracking, so it is neither a layer nor saved.
+        object.__setattr__(self, "_twin_loss", twins_lib.compiled_loss(self.network, loss, loss_weights))
         self.check_stability()
 
     def compile_from_config(self, config):
@@ -350,51 +290,46 @@ class HomotopyModel(keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def set_weights(self, weights):
-        """Sets every weight, except L and the schedule position (see the class docstring)."""
+        """Sets every weight except L and the schedule position.
+
+        So EarlyStopping(`restore_best_weights=True`) restores the networks
+        and leaves L where training brought it; `load_weights` and
+        `BackupAndRestore` restore L and the position with the rest.
+        """
         kept = [(v, v.numpy()) for v in (self.homotopy_l, self.homotopy_epoch)]  # training state, not network weights
         super().set_weights(weights)
         for v, value in kept:
             v.assign(value)
 
-    def _twin_loss(self, net, y, y_pred, sample_weight):
-        """f of one twin: the compiled loss plus that twin's own losses.
+    @property
+    def losses(self):
+        """θ's own losses (regularizers, `add_loss`): those in f(θ), `fit`'s and `evaluate`'s loss."""
+        return self.network.losses
 
-        Per-output loss metrics (multi-output models) record θ's losses only.
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Keras calls this once before the first step, across replicas, to
+        # build its compiled loss: the twins' compiled loss is built there too.
+        twin_loss = getattr(self, "_twin_loss", None)
+        if twin_loss is not None and not getattr(twin_loss, "ready", False):
+            twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
+            twin_loss.ready = True
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def _f(self, k, x, y, y_pred, sample_weight):
+        """f of twin k: the compiled loss plus that twin's own losses, as Keras' `compute_loss` gives θ's.
+
+        Like every replica's loss, the twin's losses are divided by the number of replicas.
         """
-        losses = []
-        if self._compile_loss is not None:
-            trackers = [] if net is self.network else list(self._compile_loss.metrics)
-            with _silenced(trackers):
-                value = self._compile_loss(y, y_pred, sample_weight)
-            if value is not None:
-                losses.append(value)
-        for extra in net.losses:  # regularizers and add_loss, as Keras sums them
+        if k == 0:
+            return self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        twin_loss = getattr(self, "_twin_loss", None)
+        losses = [] if twin_loss is None else [twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)]
+        for extra in self.nets[k].losses:  # regularizers and add_loss
             extra = extra if tf.as_dtype(extra.dtype).is_floating else tf.cast(extra, keras.config.floatx())
-            losses.append(tf.reduce_sum(extra))
+            losses.append(tf.reduce_sum(extra) / distribute_utils.replicas())
         if not losses:
             raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
         return tf.add_n(losses) if len(losses) > 1 else losses[0]
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        # evaluate(): f(θ) with θ's regularizers only, not every twin's.
-        return self._twin_loss(self.network, y, y_pred, sample_weight)
-
-    def _twin_batches(self, x, y, sample_weight):
-        """What each twin trains on: the whole batch, or examples k, k + m, ..."""
-        m = self.num_groups
-        data = (x, y, sample_weight)
-        if self.twin_batch != "split":
-            return [data] * m
-        # A batch of fewer than m examples goes whole to every twin: none is empty.
-        enough = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0] >= m
-
-        def part(k):
-            def take(t):
-                return None if t is None else tf.cond(enough, lambda: t[k::m], lambda: t)
-
-            return tf.nest.map_structure(take, data)
-
-        return [part(k) for k in range(m)]
 
     def _proximal_step(self, gamma, active):
         """Applies the penalties exactly after the optimizer's step (see `penalties.proximal_update`)."""
@@ -402,7 +337,7 @@ class HomotopyModel(keras.Model):
         for i in active:
             values = [ws[i] for ws in self._paired]
             dtype = values[0].dtype
-            free = [e[0] for e in (self._free_masks(k, [i], dtype) for k in range(self.num_groups))]
+            free = [e for (e,) in splits_lib.free_masks([self._groups[i]], self.num_groups, dtype)]
             anchor = None if self._anchor_weights is None else tf.cast(self._anchor_weights[i], dtype)
             new = penalties_lib.proximal_update(
                 [tf.convert_to_tensor(v) for v in values], free,
@@ -414,15 +349,15 @@ class HomotopyModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
-        parts = self._twin_batches(x, y, sample_weight)
+        parts = twins_lib.split_batch((x, y, sample_weight), self.num_groups, self.twin_batch)
         proximal = self.penalty_update == "proximal"
         l_value = tf.cast(self.homotopy_l, "float32")
         replicas = distribute_utils.replicas()
         with tf.GradientTape() as tape:
             twin_losses, predictions = [], []
-            for net, (x_k, y_k, sw_k) in zip(self.nets, parts):
+            for k, (net, (x_k, y_k, sw_k)) in enumerate(zip(self.nets, parts)):
                 y_pred = net(x_k, training=True)
-                twin_losses.append(self._twin_loss(net, y_k, y_pred, sw_k))
+                twin_losses.append(self._f(k, x_k, y_k, y_pred, sw_k))
                 predictions.append(y_pred)
             f_total = tf.add_n(twin_losses)
             objective = f_total
@@ -461,24 +396,14 @@ class HomotopyModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "network": keras.saving.serialize_keras_object(self.network),
-                "split": self.split,
-                "anchor": self.anchor,
-                "num_groups": self.num_groups,
-                "homotopy_l": self._initial_l,
-                "norm": self.norm,
-                "penalty_update": self.penalty_update,
-                "twin_batch": self.twin_batch,
-                "seed": self.seed,
-            }
+            network=keras.saving.serialize_keras_object(self.network), split=self.split, anchor=self.anchor,
+            num_groups=self.num_groups, homotopy_l=self._initial_l, norm=self.norm,
+            penalty_update=self.penalty_update, twin_batch=self.twin_batch, seed=self.seed,
         )
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = dict(config)  # a callable split or anchor comes back as "custom", filled by the weights
         network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
-        # A callable split or anchor is saved as "custom": its groups or
-        # anchors are created shape-only and come back with the weights.
         return cls(network=network, **config)

@@ -27,16 +27,16 @@ def _select_weights(model, how):
 
 def _clone_with_input_names(network):
     """clone_model, keeping the input layers' names (the serving signature)."""
+    names = {id(layer.output): layer.name for layer in network.layers if isinstance(layer, keras.layers.InputLayer)}
     try:
-        inputs = keras.tree.map_structure(
-            lambda t: keras.Input(
-                batch_shape=t.shape, dtype=t.dtype,
-                name=t._keras_history.operation.name,
-            ),
-            network.input,
-        )
-    except (AttributeError, TypeError):  # no symbolic inputs: plain clone
+        structure = network.input
+    except (AttributeError, ValueError):  # never called: nothing to keep
+        structure = None
+    flat = [] if structure is None else keras.tree.flatten(structure)
+    if not flat or any(id(t) not in names for t in flat):  # Sequential keeps its own; subclassed have none
         return keras.models.clone_model(network)
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=names[id(t)]), structure)
     return keras.models.clone_model(network, input_tensors=inputs)
 
 

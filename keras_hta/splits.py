@@ -9,6 +9,8 @@ trainable variable whose entries are group indices.
 
 import numpy as np
 
+from keras import ops
+
 SPLITS = ("channels", "layers", "random")
 
 
@@ -17,30 +19,32 @@ def free_group(twin, num_groups):
     return (twin + 1) % num_groups
 
 
-def free_masks(groups, num_groups):
-    """One 0/1 float mask per twin and variable, 1 where that twin is free.
+def free_masks(groups, num_groups, dtype="float32"):
+    """One 0/1 mask per twin and variable, 1 where that twin is free.
 
     Args:
-        groups: List of integer arrays of group indices, one per trainable
-            variable (each of the variable's shape or broadcastable to it).
+        groups: List of integer arrays, tensors or variables of group
+            indices, one per trainable variable (each of the variable's
+            shape or broadcastable to it).
         num_groups: Integer, the number of twins and groups.
+        dtype: The masks' dtype.
 
     Returns:
-        A list over twins of lists over variables of float32 arrays of the
-        groups' shapes.
+        A list over twins of lists over variables of tensors of the groups'
+        shapes (what `HomotopyModel` trains with).
     """
     return [
-        [(np.asarray(g) == free_group(k, num_groups)).astype("float32") for g in groups]
+        [ops.cast(ops.equal(ops.cast(g, "int32"), free_group(k, num_groups)), dtype) for g in groups]
         for k in range(num_groups)
     ]
 
 
-def anchor_masks(groups, num_groups):
-    """One 0/1 float mask per twin and variable, 1 where that twin is anchored.
+def anchor_masks(groups, num_groups, dtype="float32"):
+    """One 0/1 mask per twin and variable, 1 where that twin is anchored.
 
     The complement of `free_masks`, with the same arguments and shapes.
     """
-    return [[1.0 - e for e in masks] for masks in free_masks(groups, num_groups)]
+    return [[1 - e for e in masks] for masks in free_masks(groups, num_groups, dtype)]
 
 
 def group_sizes(groups, shapes, num_groups):
@@ -171,7 +175,9 @@ def assign_groups(model, variables, split, num_groups, seed=None):
     Args:
         model: The Keras model owning `variables` (used by `"layers"`).
         variables: List of the model's trainable variables.
-        split: `"channels"`, `"layers"`, `"random"` or a callable.
+        split: `"channels"`, `"layers"`, `"random"` or a callable
+            (`"custom"`, what a saved callable split is recorded as: zeros of
+            each shape, for the saved groups to fill).
         num_groups: Integer >= 2.
         seed: Integer or `None`, for `"random"`.
 
@@ -184,6 +190,8 @@ def assign_groups(model, variables, split, num_groups, seed=None):
             or leaves a group without any element.
     """
     shapes = [tuple(v.shape) for v in variables]
+    if split == "custom":  # a saved callable split: shape-only, filled by the saved weights
+        return [np.zeros(shape, "int32") for shape in shapes]
     if callable(split):
         groups = [_from_callable(split, v, num_groups) for v in variables]
     elif split == "channels":

@@ -7,12 +7,25 @@ the path Keras itself takes when it loads a model), or built by a factory the
 user passes. Each twin weight is paired with θ's weight of the same layer
 and name; which weights take part in HTA at a step follows their
 `trainable` flag, synchronised from θ, so freezing and unfreezing layers
-(fine-tuning) never shifts the pairing.
+(fine-tuning) never shifts the pairing. At each step a twin is fed its part
+of the batch (`split_batch`) and scored by the compiled loss through a
+weightless model of its own (`compiled_loss`), so only θ's values reach
+Keras' loss metrics.
 """
 
 import numpy as np
 
 import keras
+
+TWIN_BATCHES = ("full", "split")
+
+
+def check_options(num_groups, twin_batch):
+    """Raises a ValueError naming `num_groups` or `twin_batch` if it is not valid."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 2:
+        raise ValueError(f"Argument `num_groups` must be an integer >= 2. Received: num_groups={num_groups!r}")
+    if twin_batch not in TWIN_BATCHES:
+        raise ValueError(f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}")
 
 
 def check_network(network):
@@ -100,6 +113,25 @@ def clone_twin(network, suffix, factory=None):
     return twin
 
 
+def make_twins(network, num_groups, factory=None):
+    """The m − 1 twins of `network` and the weights HTA may train, paired.
+
+    Those weights are θ's trainable ones and those of layers frozen now
+    (they join when unfrozen), each paired with the twins' weight of the same
+    layer and name.
+
+    Returns:
+        `(twins, paired)`: the twin models, and per net (θ first) the list
+        of its eligible weights, aligned with θ's.
+    """
+    twins = [clone_twin(network, twin_suffix(k, num_groups), factory) for k in range(1, num_groups)]
+    eligible = trainable_by_construction(network, twins[0])
+    for twin in twins[1:]:
+        sync_trainable(network, twin)
+    paired = [[w for w, ok in zip(net.weights, eligible) if ok] for net in [network] + twins]
+    return twins, paired
+
+
 def pair_weights(network, twin):
     """Pairs every weight of `network` with the twin's weight of the same layer and name.
 
@@ -154,3 +186,44 @@ def trainable_by_construction(network, twin):
     possible = {id(v) for v in twin.trainable_weights}
     sync_trainable(network, twin)
     return [id(v) in possible for v in twin.weights]
+
+
+class _CompiledLoss(keras.Model):
+    """A model with no layers: its `compute_loss` is the compiled loss alone."""
+
+    def __init__(self, output_names):
+        super().__init__(name="twin_loss")
+        self.output_names = output_names  # as Functional sets it: matches dict losses and targets
+
+
+def compiled_loss(network, loss, loss_weights=None):
+    """A weightless model compiled with `loss`: f of a twin without θ's regularizers or metrics.
+
+    Its `compute_loss(y=..., y_pred=..., sample_weight=...)` applies `loss`
+    and `loss_weights` exactly as `network.compile` would, matched to
+    `network`'s output names; per-output loss trackers, if Keras makes them,
+    are its own and reported nowhere. Returns None when `loss` is None.
+    """
+    if loss is None:
+        return None
+    model = _CompiledLoss(getattr(network, "output_names", None))
+    model.compile(optimizer=None, loss=loss, loss_weights=loss_weights)
+    return model
+
+
+def split_batch(data, m, how):
+    """What each of m twins trains on: `data` for every twin, or (`how="split"`) examples k, k + m, ...
+
+    A batch of fewer than m examples goes whole to every twin, so none is empty.
+    """
+    if how != "split":
+        return [data] * m
+    enough = keras.ops.shape(next(t for t in keras.tree.flatten(data) if t is not None))[0] >= m
+
+    def part(k):
+        def take(t):
+            return None if t is None else keras.ops.cond(enough, lambda: t[k::m], lambda: t)
+
+        return keras.tree.map_structure(take, data)
+
+    return [part(k) for k in range(m)]

@@ -53,7 +53,8 @@ def test_export_serves_the_merged_network_only(tmp_path, how):
     if how == "theta":
         np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-5)
     assert info["variables"] == len(plain.weights) == len(model.network.weights)
-    assert info["inputs"] == [model.network.inputs[0]._keras_history.operation.name]
+    input_layer = next(l for l in model.network.layers if isinstance(l, keras.layers.InputLayer))
+    assert info["inputs"] == [input_layer.name] and input_layer.name.startswith("input_layer")
 
 
 def test_export_command_from_a_keras_file(tmp_path, capsys):

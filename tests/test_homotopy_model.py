@@ -290,6 +290,27 @@ def test_per_output_loss_metrics_report_theta_only():
     np.testing.assert_allclose(history.history["a_loss"][0], np.mean((pred["a"] - targets["a"]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(history.history["b_loss"][0], np.mean((pred["b"] - targets["b"]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(history.history["f_theta"][0], history.history["a_loss"][0] + history.history["b_loss"][0], rtol=1e-5)
+    eta = model.twins[0].predict(x, verbose=0)  # η's f: the same dict loss, on η's outputs
+    f_eta = sum(np.mean((eta[k] - targets[k]) ** 2) for k in ("a", "b"))
+    np.testing.assert_allclose(history.history["f_eta"][0], f_eta, rtol=1e-5)
+    assert abs(f_eta - history.history["f_theta"][0]) > 0.1  # so the check above tells θ from η
+
+
+def test_list_outputs_with_dict_loss_weights_and_twin_regularizers():
+    """Output names match the loss dict for every twin (their layers are renamed); each twin adds its own l2."""
+    x, y = regression_data(n=16)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.1))(inputs)
+    outputs = [keras.layers.Dense(2, name="a")(h), keras.layers.Dense(1, name="b")(h)]
+    model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
+    model.twins[0].set_weights([w * 2.0 for w in model.twins[0].get_weights()])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"a": "mse", "b": "mae"}, loss_weights={"a": 1.0, "b": 3.0})
+    history = model.fit(x, [y[:, :2], y[:, 2:]], batch_size=16, epochs=1, verbose=0)
+    for net, key in ((model.network, "f_theta"), (model.twins[0], "f_eta")):
+        a, b = net.predict(x, verbose=0)
+        kernel = net.layers[1].kernel.numpy()
+        want = np.mean((a - y[:, :2]) ** 2) + 3.0 * np.mean(np.abs(b - y[:, 2:])) + 0.1 * np.sum(kernel**2)
+        np.testing.assert_allclose(history.history[key][0], want, rtol=1e-5, err_msg=key)
 
 
 def test_split_batch_twins_train_like_plain_keras_on_their_slices():
@@ -500,3 +521,26 @@ def test_restore_best_weights_keeps_l_and_the_schedule_position(scheduler_first)
     for got, want, last in zip(model.network.get_weights(), best[0], best[5]):
         np.testing.assert_array_equal(got, want)  # the network weights are the best (first) epoch's
         assert got.shape == () or not np.array_equal(got, last) or np.all(got == 0)
+
+
+class _MeanSquareLoss(keras.layers.Layer):
+    """Identity that adds mean(x²) to the model's losses (the public `add_loss`)."""
+
+    def call(self, x):
+        self.add_loss(keras.ops.mean(x**2))
+        return x
+
+
+def test_add_loss_only_model_each_twin_takes_its_own_loss():
+    """loss=None: f of every twin is that twin's `add_loss` term alone, θ's in `evaluate`."""
+    x, _ = regression_data(n=16)
+    inputs = keras.Input((4,))
+    outputs = _MeanSquareLoss()(keras.layers.Dense(3)(inputs))
+    model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
+    model.twins[0].set_weights([w * 3.0 for w in model.twins[0].get_weights()])
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    history = model.fit(x, batch_size=16, epochs=1, verbose=0)
+    want = [np.mean(net.layers[1](x).numpy() ** 2) for net in model.nets]
+    np.testing.assert_allclose([history.history["f_theta"][0], history.history["f_eta"][0]], want, rtol=1e-5)
+    assert abs(want[1] - want[0]) > 0.1
+    np.testing.assert_allclose(model.evaluate(x, verbose=0), want[0], rtol=1e-5)

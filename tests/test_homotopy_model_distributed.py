@@ -33,3 +33,27 @@ def test_two_replicas_equal_one_device(mirrored):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
     for key in ("loss", "f_theta", "f_eta", "anchor_penalty", "coupling", "homotopy_l"):
         np.testing.assert_allclose(h1[key], h2[key], rtol=1e-5, err_msg=key)
+
+
+def _train_multi_output(strategy, x, y):
+    with strategy.scope():
+        keras.utils.set_random_seed(5)
+        inputs = keras.Input((4,))
+        h = keras.layers.Dense(6, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.01))(inputs)
+        outputs = {"a": keras.layers.Dense(2, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)}
+        model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
+        model.twins[0].set_weights([w * 1.1 for w in model.twins[0].get_weights()])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss={"a": "mse", "b": "mae"}, loss_weights={"a": 1.0, "b": 2.0})
+    history = model.fit(x, {"a": y[:, :2], "b": y[:, 2:]}, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    return model, history.history
+
+
+def test_multi_output_two_replicas_equal_one_device(mirrored):
+    """The twins' compiled loss (per-output trackers made inside the replicas' first step) under MirroredStrategy."""
+    x, y = regression_data(n=64)
+    single, h1 = _train_multi_output(tf.distribute.OneDeviceStrategy("CPU:0"), x, y)
+    model, h2 = _train_multi_output(mirrored, x, y)
+    for a, b in zip(single.weights, model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    for key in ("loss", "a_loss", "b_loss", "f_theta", "f_eta"):
+        np.testing.assert_allclose(h1[key], h2[key], rtol=1e-5, err_msg=key)
