@@ -60,10 +60,12 @@ class HomotopyModel(keras.Model):
             Σ_k f(w_k) only, then every weight is set to the exact minimiser
             of `½‖w − w′‖² + γ·penalties(w)`, γ the learning rate of that
             step (`keras_hta.penalties.proximal_update`): stable at any
-            learning rate and L. `"gradient"`: the penalties' gradient joins
-            f's (the paper's explicit step; SGD diverges once
-            `learning_rate · penalty_curvature() >= 2(1 + momentum)`, and
-            `compile` warns).
+            learning rate and L. It follows the optimizer's steps (none while
+            gradients accumulate or a loss-scaled step is skipped); an
+            optimizer's `use_ema` average is taken before it. `"gradient"`:
+            the penalties' gradient joins f's (the paper's explicit step; SGD
+            diverges once `learning_rate · penalty_curvature() >= 2(1 +
+            momentum)`, and `compile` warns).
         twin_batch: `"full"` (default: every twin sees the whole batch) or
             `"split"` (twin k sees examples k, k + m, ...; a step costs about
             one plain step).
@@ -331,8 +333,12 @@ class HomotopyModel(keras.Model):
             raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
         return tf.add_n(losses) if len(losses) > 1 else losses[0]
 
-    def _proximal_step(self, gamma, active):
-        """Applies the penalties exactly after the optimizer's step (see `penalties.proximal_update`)."""
+    def _proximal_step(self, gamma, active, updated=None):
+        """Applies the penalties exactly after the optimizer's step (see `penalties.proximal_update`).
+
+        `updated`: a boolean tensor, False where the optimizer left the
+        weights alone (accumulating gradients, or a skipped loss-scaled step).
+        """
         updates = []
         for i in active:
             values = [ws[i] for ws in self._paired]
@@ -343,6 +349,8 @@ class HomotopyModel(keras.Model):
                 [tf.convert_to_tensor(v) for v in values], free,
                 tf.cast(gamma, dtype), tf.cast(self.homotopy_l, dtype), anchor,
             )
+            if updated is not None:
+                new = [tf.where(updated, n, v) for n, v in zip(new, values)]
             updates += zip(values, new)
         distribute_utils.assign_all(updates)
 
@@ -373,9 +381,14 @@ class HomotopyModel(keras.Model):
             anchor, coupling = self.penalties()
             penalty = l_value * anchor + coupling / l_value
             gamma = tf.identity(tf.cast(self.optimizer.learning_rate, "float32"))  # before the step
+            # The optimizer's `iterations` advance only on a step that moves the weights.
+            may_skip = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) or bool(
+                getattr(self.optimizer, "gradient_accumulation_steps", None))
+            iterations = tf.identity(self.optimizer.iterations) if may_skip else None
         self.optimizer.apply(gradients, variables)
         if proximal:
-            self._proximal_step(gamma, self._active())
+            updated = None if iterations is None else self.optimizer.iterations > iterations
+            self._proximal_step(gamma, self._active(), updated)
 
         x, y, sample_weight = parts[0]  # θ's examples: its metrics and loss weights
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]

@@ -544,3 +544,39 @@ def test_add_loss_only_model_each_twin_takes_its_own_loss():
     np.testing.assert_allclose([history.history["f_theta"][0], history.history["f_eta"][0]], want, rtol=1e-5)
     assert abs(want[1] - want[0]) > 0.1
     np.testing.assert_allclose(model.evaluate(x, verbose=0), want[0], rtol=1e-5)
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    """accumulate 2 batches of 8 = one batch of 16: the proximal step follows the optimizer's real steps."""
+    x, y = regression_data(n=64)
+    weights = []
+    for batch, accumulate in ((16, None), (8, 2)):
+        model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=0.05, anchor="init")
+        model.twins[0].set_weights([w * 0.5 for w in model.twins[0].get_weights()])
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9, gradient_accumulation_steps=accumulate)
+        model.compile(optimizer=optimizer, loss="mse")
+        start_gap = float(model.penalties()[1])
+        model.fit(x, y, batch_size=batch, epochs=3, shuffle=False, verbose=0)
+        assert int(model.optimizer.iterations.numpy()) == 12
+        weights.append([w.numpy() for w in model.weights])
+        assert float(model.penalties()[1]) < 0.5 * start_gap  # the proximal step pulled the twins together
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_skipped_loss_scaled_step_moves_no_weight():
+    """mixed_float16: a step whose scaled gradients overflow is skipped whole, the proximal step included."""
+    x, y = regression_data(n=16)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=0.05)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.twins[0].set_weights([w * 0.5 for w in model.twins[0].get_weights()])
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0**60)
+    model.compile(optimizer=optimizer, loss="mse")
+    start = [w.numpy() for w in model.weights if w.trainable]
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 0  # the step overflowed and was skipped
+    for a, w in zip(start, [w for w in model.weights if w.trainable]):
+        np.testing.assert_array_equal(a, w.numpy())
