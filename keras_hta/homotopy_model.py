@@ -116,16 +116,7 @@ class HomotopyModel(keras.Model):
         name=None,
         **kwargs,
     ):
-        if network is None:
-            if inputs is None or outputs is None:
-                raise ValueError(
-                    "Pass `inputs` and `outputs`, or a built `network`. "
-                    f"Received: inputs={inputs!r}, outputs={outputs!r}"
-                )
-            network = keras.Model(inputs, outputs)
-        elif inputs is not None or outputs is not None:
-            raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
-        twins_lib.check_network(network)
+        network = twins_lib.check_network(network, inputs, outputs)
         penalties_lib.check_options(norm, penalty_update)
         twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
@@ -148,28 +139,18 @@ class HomotopyModel(keras.Model):
         self._paired = paired  # per net, aligned with θ's eligible weights
         self._shapes = [tuple(v.shape) for v in variables]
 
-        self.homotopy_l = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(homotopy_l),
-            trainable=False, name="homotopy_l", dtype="float32",
-            aggregation="only_first_replica",
-        )
-        self.homotopy_epoch = self.add_weight(
-            shape=(), initializer="zeros", trainable=False,
-            name="homotopy_epoch", dtype="int64", aggregation="only_first_replica",
-        )
-        # θ̃ = 0 is not stored; other anchors are one copy of the weights.
+        # L and the schedule position (what callbacks assign to), anchors unless
+        # θ̃ = 0, and random or custom groups are weights; channel and layer
+        # groups are derived from the network (a vector per weight, an integer).
+        self.homotopy_l = self._state(np.float32(homotopy_l), "homotopy_l")
+        self.homotopy_epoch = self._state(np.int64(0), "homotopy_epoch")
         self._anchor_weights = None if anchor_values is None else [
-            self._constant_weight(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
+            self._state(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
         ]
-        # Channel and layer splits are derived from the network (a vector per
-        # weight or one integer); random and custom ones are stored (int32:
-        # collectives take no int8).
         if self.split in ("channels", "layers"):
             self._groups = [tf.constant(g, "int32") for g in groups]
-        else:
-            self._groups = [
-                self._constant_weight(g.astype("int32"), f"groups_{i}") for i, g in enumerate(groups)
-            ]
+        else:  # int32: collectives take no int8
+            self._groups = [self._state(g.astype("int32"), f"groups_{i}") for i, g in enumerate(groups)]
         names = ["theta"] + [twins_lib.twin_suffix(k, num_groups) for k in range(1, num_groups)]
         self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
@@ -181,22 +162,19 @@ class HomotopyModel(keras.Model):
 
     @classmethod
     def from_model(cls, model, **kwargs):
-        """Wraps a built Keras model; its weights become θ.
+        """Wraps a built `keras.Model` (Functional, Sequential or subclassed); its weights become θ.
 
-        Args:
-            model: A built `keras.Model` (Functional, Sequential, or
-                subclassed: see `twin_factory`).
-            **kwargs: The other arguments of `HomotopyModel`.
+        `kwargs` are the other arguments of `HomotopyModel`.
         """
         return cls(network=model, **kwargs)
 
-    def _constant_weight(self, value, name):
-        w = self.add_weight(
-            shape=value.shape, initializer="zeros", trainable=False, name=name,
-            dtype=value.dtype, aggregation="only_first_replica",
-        )
-        w.assign(value)
-        return w
+    def _state(self, value, name):
+        """A non-trainable weight holding `value`, the same on every replica."""
+        value = np.asarray(value)
+        weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=name,
+                                 dtype=value.dtype, aggregation="only_first_replica")
+        weight.assign(value)
+        return weight
 
     @property
     def output_names(self):
@@ -262,12 +240,11 @@ class HomotopyModel(keras.Model):
         return penalties_lib.penalty_curvature(L, self.num_groups) if self.norm == "squared" else None
 
     def check_stability(self, homotopy_l=None):
-        """Warns (RuntimeWarning) when SGD must diverge on the penalties at this L.
+        """Warns (RuntimeWarning) and returns False when SGD must diverge on the penalties at this L.
 
-        Only the explicit step (`penalty_update="gradient"`) with squared
-        norms can (`keras_hta.penalties.sgd_stability_message`). Called at
-        `compile` and by `HomotopyScheduler` for each L it sets. Returns
-        True when no problem is seen.
+        Only `penalty_update="gradient"` with squared norms can (see
+        `keras_hta.penalties.sgd_stability_message`). Called at `compile` and
+        by `HomotopyScheduler` for each L it sets.
         """
         if self.penalty_update != "gradient" or self.norm != "squared":
             return True

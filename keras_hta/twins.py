@@ -28,8 +28,20 @@ def check_options(num_groups, twin_batch):
         raise ValueError(f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}")
 
 
-def check_network(network):
-    """Raises unless `network` is a built Keras model with floating-point trainable weights."""
+def check_network(network, inputs=None, outputs=None):
+    """The network to wrap: `network`, or `keras.Model(inputs, outputs)`.
+
+    Raises unless it is a built Keras model with floating-point trainable
+    weights, or unless exactly one of `network` and `inputs`/`outputs` is given.
+    """
+    if network is None:
+        if inputs is None or outputs is None:
+            raise ValueError(
+                f"Pass `inputs` and `outputs`, or a built `network`. Received: inputs={inputs!r}, outputs={outputs!r}"
+            )
+        network = keras.Model(inputs, outputs)
+    elif inputs is not None or outputs is not None:
+        raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
     if not isinstance(network, keras.Model):
         raise TypeError(
             f"Argument `model` must be a keras.Model. Received: model={network!r} of type {type(network).__name__}"
@@ -47,6 +59,7 @@ def check_network(network):
     for v in network.trainable_variables:
         if not np.issubdtype(np.dtype(v.dtype), np.floating):
             raise TypeError(f"Every trainable weight must be floating point. Received: '{v.path}' of dtype {v.dtype}")
+    return network
 
 
 def twin_suffix(k, num_groups):
