@@ -260,7 +260,7 @@ class HomotopyModel(keras.Model):
         super().compile(optimizer, loss, loss_weights, *args, **kwargs)
         # The twins' f: the same loss, its own (unreported) trackers; kept out
         # of Keras' tracking, so it is neither a layer nor saved.
-        object.__setattr__(self, "_twin_loss", twins_lib.compiled_loss(self.network, loss, loss_weights))
+        object.__setattr__(self, "_twin_loss", twins_lib.compiled_loss(self.output_names, loss, loss_weights))
         self.check_stability()
 
     def compile_from_config(self, config):
@@ -368,7 +368,7 @@ class HomotopyModel(keras.Model):
             self._proximal_step(gamma, self._active(), updated)
 
         x, y, sample_weight = parts[0]  # θ's examples: its metrics and loss weights
-        batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        batch = twins_lib.batch_size(x)
         loss_metric = next(m for m in self.metrics if m.name == "loss")
         loss_metric.update_state(tf.cast(f_total, "float32") * replicas + tf.cast(penalty, "float32"),
                                  sample_weight=batch)

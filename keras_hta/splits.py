@@ -11,6 +11,8 @@ import numpy as np
 
 from keras import ops
 
+from keras_hta import twins as twins_lib
+
 SPLITS = ("channels", "layers", "random")
 
 
@@ -69,15 +71,9 @@ def group_sizes(groups, shapes, num_groups):
 def layer_owners(model, variables):
     """Index of the (innermost) layer owning each variable, in model order."""
     owner = {}
-
-    def visit(layer):
+    for layer in twins_lib.layer_tree(model):
         for v in layer.trainable_weights:
             owner[id(v)] = id(layer)  # children come later: innermost wins
-        for child in getattr(layer, "layers", []):
-            visit(child)
-
-    for layer in model.layers:
-        visit(layer)
     order, result = {}, []
     for v in variables:
         key = owner.get(id(v), id(model))

@@ -209,19 +209,24 @@ class _CompiledLoss(keras.Model):
         self.output_names = output_names  # as Functional sets it: matches dict losses and targets
 
 
-def compiled_loss(network, loss, loss_weights=None):
+def compiled_loss(output_names, loss, loss_weights=None):
     """A weightless model compiled with `loss`: f of a twin without θ's regularizers or metrics.
 
     Its `compute_loss(y=..., y_pred=..., sample_weight=...)` applies `loss`
-    and `loss_weights` exactly as `network.compile` would, matched to
-    `network`'s output names; per-output loss trackers, if Keras makes them,
-    are its own and reported nowhere. Returns None when `loss` is None.
+    and `loss_weights` exactly as compiling a network with these
+    `output_names` would; per-output loss trackers, if Keras makes them, are
+    its own and reported nowhere. Returns None when `loss` is None.
     """
     if loss is None:
         return None
-    model = _CompiledLoss(getattr(network, "output_names", None))
+    model = _CompiledLoss(output_names)
     model.compile(optimizer=None, loss=loss, loss_weights=loss_weights)
     return model
+
+
+def batch_size(data):
+    """The number of examples in a batch: the first dimension of its first tensor."""
+    return keras.ops.shape(next(t for t in keras.tree.flatten(data) if t is not None))[0]
 
 
 def split_batch(data, m, how):
@@ -231,7 +236,7 @@ def split_batch(data, m, how):
     """
     if how != "split":
         return [data] * m
-    enough = keras.ops.shape(next(t for t in keras.tree.flatten(data) if t is not None))[0] >= m
+    enough = batch_size(data) >= m
 
     def part(k):
         def take(t):
