@@ -37,15 +37,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # the repository's keras_hta, installed or not (the stages run this file too)
 STAGES = ("a", "b", "c", "d")
 LIMITS = {"a": 90, "b": 90, "c": 170, "d": 240}  # seconds per stage on the GPU: 9.8 min at most, 8 expected
 
 
 def _write(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    from keras_hta.experiments.compare import write_json_atomic
+
+    write_json_atomic(path, obj)
 
 
 def _devices(dry_run, logical=1):
@@ -334,8 +334,7 @@ def main():
                    "--minutes-d", str(args.minutes_d)] + (["--dry-run"] if args.dry_run else [])
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=LIMITS[stage] * (3 if args.dry_run else 1),
-                                  env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
+            done = subprocess.run(command, capture_output=True, text=True, timeout=LIMITS[stage] * (3 if args.dry_run else 1))
             if done.returncode:
                 errors[stage] = done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else f"exit {done.returncode}"
         except subprocess.TimeoutExpired:

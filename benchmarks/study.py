@@ -64,13 +64,6 @@ ARMS = {
 EXTRA_ROWS = ("sgd_2x", "sgd_constant")  # final runs only, with the tuned SGD's settings
 
 
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def schedule_for(arm, hp, epochs):
     """The arm's L schedule from the trial's hyperparameters (a fixed one for the paper's)."""
     from keras_hta import schedules
@@ -239,7 +232,7 @@ def main():
             print(f"tuning {arm} ...", flush=True)
             best, score = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out)
             state["tuned"][arm] = {"values": best, "val_accuracy": score}
-            write_json(path, state)
+            compare.write_json_atomic(path, state)
         return state["tuned"][arm]["values"]
 
     sgd = tuned_values("sgd")
@@ -253,12 +246,12 @@ def main():
             hp = FixedHP({**values, **({} if arm in ARMS else sgd)})
             record = train(arm, hp, d, config, seed, epochs, sgd, final=True)
             runs.append({"seed": seed, **record})
-            write_json(path, state)
+            compare.write_json_atomic(path, state)
             print(f"  final {arm} seed {seed}: test {100 * record['test_accuracy']:.2f}% "
                   f"({record['seconds']:.0f} s)", flush=True)
     rows = summarize(state["finals"], args.arms)
     state["summary"] = rows
-    write_json(path, state)
+    compare.write_json_atomic(path, state)
     tuned = {arm: state["tuned"].get(arm, {}).get("values", {}) for arm in args.arms}
     table = markdown(args.data, args, tuned, rows)
     with open(os.path.join(out, "study.md"), "w") as f:

@@ -1,5 +1,6 @@
 """Data loaders: image folders and archives, the augmentation pipeline, tfds, MNIST-1D."""
 
+import os
 import shutil
 import tarfile
 
@@ -207,3 +208,21 @@ def test_image_pipeline_is_a_function_of_the_seed():
         np.testing.assert_array_equal(u, v)
     assert any(not np.array_equal(u, v) for u, v in zip(a, c))
     assert any(not np.array_equal(u, v) for u, v in zip(a[:4], a[4:]))  # new each epoch
+
+
+def test_write_atomic_keeps_the_old_file_on_failure_and_the_usual_permissions(tmp_path):
+    from keras_hta.experiments import write_atomic
+
+    path = tmp_path / "results.json"
+    write_atomic(path, lambda f: f.write("old"))
+
+    def fail(f):
+        f.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, fail)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

@@ -7,6 +7,29 @@ the library as any user would; nothing in `keras_hta` imports it. Its extra
 dependencies: `pip install "keras-hta[experiments]"`.
 """
 
+import os
+import tempfile
+
+
+def write_atomic(path, write, mode="w"):
+    """Calls `write(file)` on a temporary file beside `path`, then renames it over `path`.
+
+    A reader, or a run killed mid-write, sees the old file or the new one,
+    never part of one. The file gets the permissions `open` would give it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600)
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
 
 class DataUnavailableError(RuntimeError):
     """A data set could not be loaded (for instance, no download possible)."""

@@ -345,18 +345,10 @@ def markdown(config, summary, command):
 
 
 def write_json_atomic(path, obj):
-    """Writes JSON to a temporary file beside `path`, then renames it over `path`."""
-    import tempfile
+    """Writes `obj` as JSON to `path` atomically (see `experiments.write_atomic`)."""
+    from keras_hta.experiments import write_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1))
 
 
 def read_runs(path):

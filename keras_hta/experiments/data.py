@@ -28,6 +28,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 from keras_hta.experiments import DataUnavailableError  # noqa: F401  (raised here; the CLI catches it)
+from keras_hta.experiments import write_atomic
 
 
 def cache_root(cache_dir=None):
@@ -115,14 +116,7 @@ def _content_key(paths, image_size):
 def _save_atomic(path, array):
     """np.save to a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda f: np.save(f, array), "wb")
 
 
 def load_image_folder(path, image_size=(32, 32), cache_dir=None):
