@@ -205,7 +205,6 @@ def stage_c(args):
 def stage_d(args):
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_hta as hta
     from keras_hta.experiments import data, models

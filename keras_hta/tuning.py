@@ -1,7 +1,5 @@
 """keras-tuner search over HTA's L schedule, split, anchor and twin count."""
 
-import keras
-
 try:
     import keras_tuner
 except ImportError as error:  # an extra, not a core dependency

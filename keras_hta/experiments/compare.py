@@ -88,13 +88,25 @@ def _config(args):
     config = data_model_config(args, ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
                                       "weight_decay", "train_size", "test_size", "val_size") + HTA_KEYS, args.arms)
     l_schedule(config)
-    if config["norm"] == "l2" and config["penalty_update"] == "proximal":
-        raise ValueError("Argument `--norm l2` needs `--penalty-update gradient` (the proximal step is exact for "
-                         "the squared norms only). Received: --norm l2, --penalty-update proximal")
+    check_norm_flags(config["norm"], config["penalty_update"])
     seeds = getattr(args, "seeds", None) or []
     if any(s < 0 for s in seeds):
         raise ValueError(f"Argument `--seeds` must be >= 0. Received: --seeds {' '.join(map(str, seeds))}")
     return config
+
+
+def check_norm_flags(norm, penalty_update):
+    """`--norm l2` needs `--penalty-update gradient` (what `keras_hta.penalties.check_options` requires)."""
+    if norm == "l2" and penalty_update == "proximal":
+        raise ValueError("Argument `--norm l2` needs `--penalty-update gradient` (the proximal step is exact for "
+                         "the squared norms only). Received: --norm l2, --penalty-update proximal")
+
+
+def fit_verbosity(args):
+    """`--verbose`, or when not given: 1 (a progress bar) on a terminal, 2 (a line per epoch) otherwise."""
+    import sys
+
+    return args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
 
 
 def l_schedule(config, names=("--L-start", "--L-stop", "--L-step", "--epochs-per-L")):
@@ -376,7 +388,7 @@ def run_compare(args, command=None):
 
     config = _config(args)
     command = command or getattr(args, "command_line", None) or "keras-hta " + " ".join(sys.argv[1:])
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    verbose = fit_verbosity(args)
     if args.multi_worker:
         _strategy(multi_worker=True)  # before any other TensorFlow work
         index = _non_chief_index()

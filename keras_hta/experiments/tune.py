@@ -4,8 +4,6 @@ The objective is measured on the validation split held out of the training
 data; the test set is never read.
 """
 
-import sys
-
 
 def add_tune_parser(sub):
     from keras_hta.experiments.compare import add_data_model_arguments
@@ -40,10 +38,8 @@ def run_tune(args):
                                               "train_size", "test_size", "val_size"))
     if args.max_trials < 1:
         raise ValueError(f"Argument `--max-trials` must be >= 1. Received: --max-trials {args.max_trials}")
-    if args.norm == "l2" and args.penalty_update == "proximal":
-        raise ValueError("Argument `--norm l2` needs `--penalty-update gradient`. "
-                         "Received: --norm l2, --penalty-update proximal")
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    compare.check_norm_flags(args.norm, args.penalty_update)
+    verbose = compare.fit_verbosity(args)
     d = compare.load_data(config, args.tfds_dir, args.cache_dir)
     keras.utils.set_random_seed(args.seed)
     # The tuner's objective is measured on the validation split; the test set is never read.
