@@ -115,8 +115,6 @@ def _export_parser(sub):
 
 
 def run_export(args):
-    import os
-
     if not os.path.exists(args.checkpoint):
         raise ValueError(f"Argument `checkpoint` does not exist. Received: {args.checkpoint!r}")
     import keras

@@ -24,11 +24,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
 from keras_hta.experiments import DataUnavailableError  # noqa: F401  (raised here; the CLI catches it)
 from keras_hta.experiments import write_atomic
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def cache_root(cache_dir=None):
