@@ -17,10 +17,13 @@ once `learning_rate · curvature` crosses the limit.
 """
 
 import numpy as np
-import tensorflow as tf
+
+import keras
+from keras import ops
 
 NORMS = ("squared", "l2")
 PENALTY_UPDATES = ("proximal", "gradient")
+_HALF = ("float16", "bfloat16")
 
 
 def check_options(norm, penalty_update):
@@ -39,14 +42,21 @@ def check_options(norm, penalty_update):
         )
 
 
+def _add(tensors):
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
 def _safe_sqrt(x):
     # sqrt with gradient 0 at 0 instead of inf/NaN (twins start equal).
     positive = x > 0
-    return tf.where(positive, tf.sqrt(tf.where(positive, x, tf.ones_like(x))), 0.0)
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0.0)
 
 
 def _sum_sq(tensors):
-    return tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, "float32"))) for t in tensors])
+    return _add([ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors])
 
 
 def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
@@ -72,9 +82,9 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
     def displaced(w, a):
         return w if a is None else w - a
 
-    anchor = tf.add_n(
+    anchor = _add(
         [
-            finish(_sum_sq([tf.cast(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
+            finish(_sum_sq([ops.cast(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
             for ws, ms in zip(twin_variables, masks)
         ]
     )
@@ -83,7 +93,7 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
         for k in range(j + 1, len(twin_variables)):
             diffs = [u - v for u, v in zip(twin_variables[j], twin_variables[k])]
             pairs.append(finish(_sum_sq(diffs)))
-    return anchor, tf.add_n(pairs)
+    return anchor, _add(pairs)
 
 
 def proximal_update(values, free, gamma, homotopy_l, anchor=None):
@@ -97,12 +107,20 @@ def proximal_update(values, free, gamma, homotopy_l, anchor=None):
     where `a_k = 1 − free_k` and exactly one twin is free at each element.
     Setting the gradient to zero gives the m×m system
     `(D − c·11ᵀ) w = w′ + d·a·θ̃` with `c = 2γ/L`, `d = 2γL` and the diagonal
-    `D_k = 1 + c·m + d·a_k`; Sherman–Morrison solves it in closed form:
+    `D_k = 1 + c·m + d·a_k` (`D_f` for the free twin, `D_a = D_f + d` for the
+    anchored ones); Sherman–Morrison solves it in closed form:
 
-        w_k = (w′_k + d·a_k·θ̃ + u) / D_k,   u = c·(Σ_k r_k/D_k) / (1 − c·Σ_k 1/D_k)
+        w_k = (r_k + u) / D_k,   r_k = w′_k + d·a_k·θ̃,
+        u = c·(Σ_k r_k/D_k) / (1 − c·Σ_k 1/D_k)
+          = c·D_a·(Σ_k r_k/D_k) / (1 + d·(1 + c·(m − 1))/D_f)
 
-    with `r_k = w′_k + d·a_k·θ̃`. Every operation is elementwise, so the cost
-    is a few passes over the weights, whatever m is.
+    The second form of `u` has no difference of nearly equal numbers, and
+    `1/D_f − 1/D_a` is evaluated as `d/(D_f·D_a)`: every operation is a sum
+    of terms of one sign, a product or a quotient, so the result is exact to
+    a few float32 roundings for any γ > 0, L > 0 (the first form loses
+    `log10(c)` digits). Weights stored in float16 or bfloat16 are updated in
+    float32 and cast back. Every operation is elementwise, so the cost is a
+    few passes over the weights, whatever m is.
 
     Args:
         values: List of m tensors of one shape, the twins' values `w′_k`.
@@ -114,28 +132,32 @@ def proximal_update(values, free, gamma, homotopy_l, anchor=None):
         anchor: Tensor of the values' shape, or `None` for θ̃ = 0.
 
     Returns:
-        The list of m updated tensors.
+        The list of m updated tensors, in the values' dtype.
     """
     m = len(values)
-    dtype = values[0].dtype
-    gamma = tf.cast(gamma, dtype)
-    L = tf.cast(homotopy_l, dtype)
+    stored = keras.backend.standardize_dtype(values[0].dtype)
+    dtype = "float32" if stored in _HALF else stored
+    values = [ops.cast(v, dtype) for v in values]
+    gamma = ops.cast(gamma, dtype)
+    L = ops.cast(homotopy_l, dtype)
     c, d = 2.0 * gamma / L, 2.0 * gamma * L
-    inv_free = 1.0 / (1.0 + c * m)          # 1/D for the free twin
-    inv_anchored = 1.0 / (1.0 + c * m + d)  # 1/D for an anchored twin
-    # Σ_k 1/D_k is the same at every element: one free twin, m − 1 anchored.
-    total_inv = inv_free + (m - 1) * inv_anchored
-    free = [tf.cast(e, dtype) for e in free]
-    free_value = tf.add_n([e * w for e, w in zip(free, values)])
-    weighted = tf.add_n(values) * inv_anchored + free_value * (inv_free - inv_anchored)
+    d_free = 1.0 + c * m                 # D for the free twin
+    d_anchored = d_free + d              # D for an anchored twin
+    inv_free, inv_anchored = 1.0 / d_free, 1.0 / d_anchored
+    gap = d * inv_free * inv_anchored    # 1/D_f − 1/D_a, without the subtraction
+    scale = c * d_anchored / (1.0 + d * (1.0 + c * (m - 1)) * inv_free)  # c / (1 − c·Σ_k 1/D_k)
+    free = [ops.cast(e, dtype) for e in free]
+    free_value = _add([e * w for e, w in zip(free, values)])
+    weighted = _add(values) * inv_anchored + free_value * gap
     if anchor is not None:
-        weighted += d * (m - 1) * inv_anchored * anchor
-    u = c * weighted / (1.0 - c * total_inv)
+        anchor = ops.cast(anchor, dtype)
+        weighted = weighted + (d * (m - 1) * inv_anchored) * anchor
+    u = scale * weighted
     result = []
     for e, w in zip(free, values):
-        inv = inv_anchored + e * (inv_free - inv_anchored)
+        inv = inv_anchored + e * gap
         r = w + u if anchor is None else w + u + (1.0 - e) * d * anchor
-        result.append(r * inv)
+        result.append(ops.cast(r * inv, stored))
     return result
 
 

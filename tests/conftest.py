@@ -1,24 +1,51 @@
-"""Test setup: two logical CPU devices for MirroredStrategy tests, quiet TF."""
+"""Test setup under any Keras backend (KERAS_BACKEND): two logical CPU devices for
+the distribution tests, quiet TF, a gradient helper, and backend markers.
+
+`@pytest.mark.tensorflow_only` marks what TensorFlow is the point of
+(tf.distribute, SavedModel, the tf.data pipeline); those tests are skipped on
+the other backends.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # keras_hta.experiments.data's cache: never the user's ~/.keras during tests.
 os.environ.setdefault("KERAS_HTA_CACHE", __import__("tempfile").mkdtemp(prefix="keras_hta_cache_"))
+if os.environ.get("KERAS_BACKEND") == "jax":  # two host devices for keras.distribution tests
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
-except RuntimeError:  # already initialised by another import
-    pass
 
 import keras  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    _cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:  # already initialised by another import
+        pass
+elif BACKEND == "torch":
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # erratic timings and slow tests otherwise
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "tensorflow_only: needs the TensorFlow backend (tf.distribute, SavedModel)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"TensorFlow only; KERAS_BACKEND={BACKEND}")
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +53,24 @@ def _seed():
     keras.utils.set_random_seed(1234)
     yield
     keras.backend.clear_session()
+
+
+def gradients(fn, variables):
+    """The gradients of the scalar `fn()` with respect to Keras `variables`, on any backend."""
+    if BACKEND == "tensorflow":
+        with tf.GradientTape() as tape:
+            value = fn()
+        return tape.gradient(value, [v.value for v in variables])
+    if BACKEND == "jax":
+        import jax
+
+        def of(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn()
+
+        return jax.grad(of)([v.value for v in variables])
+    value = fn()
+    return torch.autograd.grad(value, [v.value for v in variables])
 
 
 def dense_network(n_in=4, n_out=3, hidden=None, l2=0.0, batch_norm=False, seed=0):
@@ -58,6 +103,6 @@ def mirrored():
     """One MirroredStrategy over the two logical CPUs for the whole session:
     two strategy instances in one process issue collective ops whose instance
     keys collide ("Shape mismatch in the collective instance")."""
-    if len(tf.config.list_logical_devices("CPU")) < 2:
-        pytest.skip("needs two logical CPU devices")
+    if BACKEND != "tensorflow" or len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs TensorFlow and two logical CPU devices")
     return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])

@@ -580,3 +580,40 @@ def test_a_skipped_loss_scaled_step_moves_no_weight():
     assert int(model.optimizer.iterations.numpy()) == 0  # the step overflowed and was skipped
     for a, w in zip(start, [w for w in model.weights if w.trainable]):
         np.testing.assert_array_equal(a, w.numpy())
+
+
+def _proximal_drift_reference(weights, groups, steps, gamma, L):
+    """`steps` exact proximal steps on two twins that start equal, zero anchors, in float64."""
+    from test_penalties import _float64_solve
+
+    theta = [np.asarray(w, np.float64) for w in weights]
+    eta = [t.copy() for t in theta]
+    for _ in range(steps):
+        for i, g in enumerate(groups):
+            free = [np.broadcast_to(g == 1, theta[i].shape), np.broadcast_to(g == 0, theta[i].shape)]
+            theta[i], eta[i] = _float64_solve([theta[i], eta[i]], free, gamma, L, None)
+    return theta
+
+
+def test_the_proximal_step_never_grows_the_weights_in_float32():
+    """Only the penalties act (loss weight 0), zero anchors, L = 1e-4, lr 1 (c = 2e4), 1000 steps.
+
+    The exact map can only shrink the weights; the float32 step before the fix grew ‖θ‖ by 2.72x.
+    """
+    inputs = keras.Input((8,))
+    init = keras.initializers.GlorotUniform(seed=0)
+    h = keras.layers.Dense(16, activation="tanh", kernel_initializer=init, bias_initializer="ones")(inputs)
+    network = keras.Model(inputs, keras.layers.Dense(4, kernel_initializer=init, bias_initializer="ones")(h))
+    model = hta.HomotopyModel.from_model(network, homotopy_l=1e-4, anchor="zeros")
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", loss_weights=0.0)
+    before = [np.array(w) for w in model.network.get_weights()]
+    groups = [np.asarray(keras.ops.convert_to_numpy(g)) for g in model._groups]
+    x, y = regression_data(n=4000, n_in=8, n_out=4)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # 1000 steps
+    after = model.network.get_weights()
+    norm = lambda ws: np.sqrt(sum(np.sum(np.square(np.asarray(w, np.float64))) for w in ws))  # noqa: E731
+    want = _proximal_drift_reference(before, groups, 1000, 1.0, float(np.float32(1e-4)))
+    ratio, want_ratio = norm(after) / norm(before), norm(want) / norm(before)
+    assert want_ratio < 1.0
+    assert ratio <= 1.0, f"‖θ‖ grew by {ratio:.4f}"
+    np.testing.assert_allclose(ratio, want_ratio, rtol=1e-4)

@@ -3,17 +3,25 @@ proximal step against a numeric minimiser, and the stability bound."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+import keras
+from conftest import gradients
+from keras import ops
 from keras_hta.penalties import homotopy_penalties, proximal_update
+
+_np = ops.convert_to_numpy
+
+
+def _t(array):
+    return ops.convert_to_tensor(np.asarray(array))
 
 
 def _setup(seed=0, twins=3):
     rng = np.random.default_rng(seed)
     shapes = [(3, 4), (4,)]
-    ws = [[tf.Variable(rng.normal(size=s).astype("float32")) for s in shapes] for _ in range(twins)]
-    anchors = [tf.constant(rng.normal(size=s).astype("float32")) for s in shapes]
-    masks = [[tf.constant((rng.random(s) < 0.5).astype("float32")) for s in shapes] for _ in range(twins)]
+    ws = [[keras.Variable(rng.normal(size=s).astype("float32")) for s in shapes] for _ in range(twins)]
+    anchors = [ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in shapes]
+    masks = [[ops.convert_to_tensor((rng.random(s) < 0.5).astype("float32")) for s in shapes] for _ in range(twins)]
     return ws, anchors, masks
 
 
@@ -21,9 +29,9 @@ def test_values_match_numpy():
     ws, anchors, masks = _setup()
     for norm, f in (("squared", lambda s: s), ("l2", np.sqrt)):
         anchor, coupling = homotopy_penalties(ws, anchors, masks, norm)
-        want_a = sum(f(sum(np.sum((m.numpy() * (w.numpy() - a.numpy())) ** 2) for w, a, m in zip(wk, anchors, mk)))
+        want_a = sum(f(sum(np.sum((_np(m) * (_np(w) - _np(a))) ** 2) for w, a, m in zip(wk, anchors, mk)))
                      for wk, mk in zip(ws, masks))
-        want_c = sum(f(sum(np.sum((u.numpy() - v.numpy()) ** 2) for u, v in zip(ws[j], ws[k])))
+        want_c = sum(f(sum(np.sum((_np(u) - _np(v)) ** 2) for u, v in zip(ws[j], ws[k])))
                      for j in range(3) for k in range(j + 1, 3))
         np.testing.assert_allclose(float(anchor), want_a, rtol=1e-5)
         np.testing.assert_allclose(float(coupling), want_c, rtol=1e-5)
@@ -33,15 +41,14 @@ def test_l2_gradient_is_finite_when_twins_are_equal():
     ws, anchors, masks = _setup(twins=2)
     for u, v in zip(ws[0], ws[1]):
         v.assign(u)
-    for a, w in zip(anchors, ws[0]):
-        pass
-    anchors = [tf.identity(w) for w in ws[0]]
-    with tf.GradientTape() as tape:
+    anchors = [ops.convert_to_tensor(_np(w)) for w in ws[0]]
+
+    def total():
         anchor, coupling = homotopy_penalties(ws, anchors, masks, "l2")
-        total = anchor + coupling
-    grads = tape.gradient(total, [w for wk in ws for w in wk])
-    for g in grads:
-        np.testing.assert_array_equal(g.numpy(), 0.0)
+        return anchor + coupling
+
+    for g in gradients(total, [w for wk in ws for w in wk]):
+        np.testing.assert_array_equal(_np(g), 0.0)
 
 
 def _objective(w, w_prime, free, gamma, L, anchor):
@@ -65,10 +72,9 @@ def test_proximal_update_equals_numeric_minimiser(m, with_anchor):
     anchor = rng.normal(size=shape) if with_anchor else np.zeros(shape)
     gamma, L = 0.3, 0.7
     got = proximal_update(
-        [tf.constant(v) for v in values], [tf.constant(e) for e in free], gamma, L,
-        tf.constant(anchor) if with_anchor else None,
+        [_t(v) for v in values], [_t(e) for e in free], gamma, L, _t(anchor) if with_anchor else None,
     )
-    got = np.stack([g.numpy() for g in got])
+    got = np.stack([_np(g) for g in got])
     for index in np.ndindex(shape):
         w_prime = np.array([v[index] for v in values])
         e = np.array([f[index] for f in free])
@@ -79,16 +85,16 @@ def test_proximal_update_equals_numeric_minimiser(m, with_anchor):
 
 def test_proximal_update_limits_in_l():
     rng = np.random.default_rng(0)
-    values = [tf.constant(rng.normal(size=(20,))) for _ in range(3)]
+    values = [_t(rng.normal(size=(20,))) for _ in range(3)]
     group = rng.integers(0, 3, size=20)
-    free = [tf.constant((group == k).astype("float64")) for k in range(3)]
-    anchor = tf.constant(rng.normal(size=(20,)))
-    mean = np.mean([v.numpy() for v in values], axis=0)
+    free = [_t((group == k).astype("float64")) for k in range(3)]
+    anchor = _t(rng.normal(size=(20,)))
+    mean = np.mean([_np(v) for v in values], axis=0)
     for w in proximal_update(values, free, 1.0, 1e-9, anchor):  # L → 0: twins equal their mean
-        np.testing.assert_allclose(w.numpy(), mean, atol=1e-6)
+        np.testing.assert_allclose(_np(w), mean, atol=1e-6)
     for k, w in enumerate(proximal_update(values, free, 1.0, 1e9, anchor)):  # L → ∞
         anchored = group != k
-        np.testing.assert_allclose(w.numpy()[anchored], anchor.numpy()[anchored], atol=1e-6)
+        np.testing.assert_allclose(_np(w)[anchored], _np(anchor)[anchored], atol=1e-6)
 
 
 def test_penalty_curvature_and_sgd_limit():
@@ -98,3 +104,70 @@ def test_penalty_curvature_and_sgd_limit():
         assert penalty_curvature(L) == pytest.approx(L + 2 / L + np.sqrt(L**2 + 4 / L**2), rel=1e-12)
     assert sgd_divergence_limit(0.9) == pytest.approx(3.8)
     assert sgd_divergence_limit(0.9, nesterov=True) == pytest.approx(3.8 / 2.8)
+
+
+def _float64_solve(values, free, gamma, L, anchor):
+    """The proximal step by a float64 linear solve of its stationarity system, element by element.
+
+    (D − c·11ᵀ) w = w′ + d·a·θ̃, D_k = 1 + c·m + d·a_k, c = 2γ/L, d = 2γL.
+    """
+    m = len(values)
+    c, d = 2.0 * gamma / L, 2.0 * gamma * L
+    values = np.stack([np.asarray(v, np.float64) for v in values])
+    free = np.stack([np.broadcast_to(np.asarray(e, np.float64), values.shape[1:]) for e in free])
+    anchor = np.zeros(values.shape[1:]) if anchor is None else np.asarray(anchor, np.float64)
+    out = np.empty_like(values)
+    for index in np.ndindex(values.shape[1:]):
+        a = 1.0 - free[(slice(None),) + index]
+        system = np.diag(1.0 + c * m + d * a) - c * np.ones((m, m))
+        out[(slice(None),) + index] = np.linalg.solve(system, values[(slice(None),) + index] + d * a * anchor[index])
+    return out
+
+
+C_GRID = np.logspace(-2, 6, 9)  # c = 2γ/L
+L_GRID = np.logspace(-5, 3, 9)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("with_anchor", [False, True])
+def test_proximal_update_float32_equals_a_float64_solve_over_the_whole_range(m, with_anchor):
+    # Every c from 1e-2 to 1e6 with every L from 1e-5 to 1e3 (γ = c·L/2, so d = 2γL runs
+    # from 1e-12 to 1e12): the float32 closed form against a float64 solve of the same
+    # (float32-rounded) inputs, normwise relative error over the twins.
+    rng = np.random.default_rng(10 * m + with_anchor)
+    shape = (6, 5)
+    values = [rng.normal(size=shape).astype("float32") for _ in range(m)]
+    group = rng.integers(0, m, size=shape)
+    free = [(group == k).astype("float32") for k in range(m)]
+    anchor = rng.normal(size=shape).astype("float32") if with_anchor else None
+    worst = 0.0
+    for c in C_GRID:
+        for L in L_GRID:
+            gamma = float(np.float32(c * L / 2))
+            got = proximal_update(
+                [ops.convert_to_tensor(v) for v in values], [ops.convert_to_tensor(e) for e in free],
+                gamma, float(L), None if anchor is None else ops.convert_to_tensor(anchor),
+            )
+            got = np.stack([ops.convert_to_numpy(g) for g in got]).astype(np.float64)
+            assert got.dtype == np.float64 and np.all(np.isfinite(got))
+            want = _float64_solve(values, free, gamma, float(np.float32(L)), anchor)
+            error = np.max(np.abs(got - want)) / np.max(np.abs(want))
+            worst = max(worst, error)
+            assert error <= 1e-6, f"c={c:g}, L={L:g}: relative error {error:.3g}"
+    assert worst > 0  # the comparison saw float32 rounding, not two float64 evaluations
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_proximal_update_of_half_precision_weights_runs_in_float32(dtype):
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=(4, 3)).astype("float32") for _ in range(2)]
+    free = [np.array([1.0, 0.0, 1.0], "float32"), np.array([0.0, 1.0, 0.0], "float32")]
+    half = [ops.cast(ops.convert_to_tensor(v), dtype) for v in values]
+    stored = [ops.convert_to_numpy(ops.cast(h, "float32")) for h in half]
+    gamma, L = 5.0, 1e-4  # c = 1e5: float16 arithmetic (max 65504) would overflow
+    got = proximal_update(half, [ops.convert_to_tensor(e) for e in free], gamma, L)
+    assert all(keras.backend.standardize_dtype(g.dtype) == dtype for g in got)
+    want = _float64_solve(stored, free, gamma, float(np.float32(L)), None)
+    want_rounded = ops.convert_to_numpy(ops.cast(ops.cast(ops.convert_to_tensor(want.astype("float32")), dtype), "float32"))
+    for g, w in zip(got, want_rounded):  # the float32 result, rounded once to the storage dtype
+        np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(g, "float32")), w)
