@@ -17,11 +17,9 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["keras_hta", "keras_hta.*"]),
     python_requires=">=3.10",
-    # TensorFlow comes through an extra so CPU-only machines can take the
-    # smaller tensorflow-cpu wheel: pip install "keras-hta[tensorflow]" or "[cpu]".
-    # The library needs Keras, NumPy and TensorFlow; TensorFlow comes through an
-    # extra so CPU-only machines can take the smaller wheel:
-    # pip install "keras-hta[tensorflow]" or "keras-hta[cpu]".
+    # The library needs Keras 3, NumPy and one Keras backend, chosen through an
+    # extra and KERAS_BACKEND: "keras-hta[tensorflow]" (or "[cpu]", the smaller
+    # tensorflow-cpu wheel), "keras-hta[jax]" or "keras-hta[torch]".
     install_requires=[
         "keras>=3.10",
         "numpy>=1.26",
@@ -30,6 +28,8 @@ setup(
     extras_require={
         "tensorflow": ["tensorflow>=2.16"],
         "cpu": ["tensorflow-cpu>=2.16"],
+        "jax": ["jax>=0.4.30"],
+        "torch": ["torch>=2.1"],
         "tuner": ["keras-tuner>=1.4"],  # keras_hta.tuning.HomotopyHyperModel
         # The paper's harness (keras_hta.experiments, the keras-hta command).
         "experiments": [

@@ -1,72 +1,68 @@
-"""One prepared GPU check for keras-hta (issue #13): correctness, MirroredStrategy, step time, CIFAR-10.
+"""One prepared GPU check for keras-hta on JAX, without TensorFlow (issues #13, #21).
 
-Four independent stages, each in a fresh process with its own time limit;
-each writes `stage_<x>.json` under the output folder as soon as it ends, so a
-time-out keeps what finished. The driver then writes `gpu_check.json`,
-`gpu_check.md` and `step_time.png`, and prints the card's name.
+Five independent stages, each in a fresh process with `KERAS_BACKEND=jax` and
+its own time limit; each writes `stage_<x>.json` under the output folder as
+soon as it ends, so a time-out keeps what finished. The driver then writes
+`gpu_check.json`, `gpu_check.md` and `step_time.png`, and prints the card's
+name. No stage imports TensorFlow (each records whether it did).
 
   a. correctness: HomotopyModel `fit` (proximal update) for 20 steps with
      `jit_compile` False and True, float32 and mixed_float16; θ against the
      same run on the CPU (max |Δθ|);
-  b. MirroredStrategy over 2 logical GPUs carved out of the one physical GPU
-     against 1 GPU (a network without BatchNorm; max |Δθ|, target 1e-5);
+  b. several devices: `keras.distribution.DataParallel` over 2 devices
+     against 1 (a network without BatchNorm; max |Δθ|, target 1e-5), when
+     more than one accelerator is visible (one skipped line otherwise; the
+     dry run uses 2 host devices);
   c. step time at batch 128: plain vs HTA vs HTA split for VGG11-BN and
-     VGG16-BN at full width, with and without XLA, ratios from alternating
-     rounds in one process; peak GPU memory per variant;
-  d. full-width VGG11-BN on CIFAR-10 (the shared JPEG tarball), SGD vs HTA
-     (squared norms, proximal update, the paper's L schedule), same seed,
-     cosine learning rate, as many epochs as `--minutes-d` allows; images/s
-     of the input pipeline alone against the training step's.
+     VGG16-BN at full width, with and without XLA, medians from alternating
+     rounds in one process; peak device memory per variant;
+  d. full-width VGG11-BN on CIFAR-10 (the shared JPEG tarball, decoded with
+     Pillow, NumPy augmentation), SGD vs HTA (squared norms, proximal update,
+     the paper's L schedule), same seed and batches, cosine learning rate,
+     as many epochs as `--minutes-d` allows (sized from a timed epoch);
+     images/s of the input pipeline alone against the training step's;
+  e. fused twins: the twins' forward and backward pass as one `jax.vmap`
+     over stacked weights against two calls, VGG11-BN at widths 1/8 and 1
+     (decides whether the library gets a fused mode).
 
-Usage (about 8 minutes on one H100):
-    python benchmarks/gpu_check.py [--data ../shared/datasets/cifar10-jpeg.tar.gz]
-Dry run (every stage at toy size on the CPU, 2 logical CPUs standing in for
-the 2 GPUs; under 2 minutes; `tests/test_benchmarks.py` runs it):
+Usage (about 8 minutes on one H200; the wheels and the command that carries
+them: benchmarks/RESULTS.md §6):
+    KERAS_BACKEND=jax python benchmarks/gpu_check.py [--data ../shared/datasets/cifar10-jpeg.tar.gz]
+Dry run (every stage at toy size on the CPU, 2 host devices standing in for
+2 GPUs; under 3 minutes; `tests/test_benchmarks.py` runs it):
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_dry
 """
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras: this check runs on JAX
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # the repository's keras_hta, installed or not (the stages run this file too)
-STAGES = ("a", "b", "c", "d")
-LIMITS = {"a": 90, "b": 90, "c": 170, "d": 240}  # seconds per stage on the GPU: 9.8 min at most, 8 expected
+STAGES = ("a", "b", "c", "d", "e")
+LIMITS = {"a": 80, "b": 60, "c": 150, "d": 170, "e": 70}  # seconds per stage on the GPU: 9.2 min at most
 
 
 def _write(path, obj):
-    from keras_hta.experiments.compare import write_json_atomic
+    from keras_hta.experiments import write_atomic
 
-    write_json_atomic(path, obj)
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1))
 
 
-def _devices(dry_run, logical=1):
-    """Configures devices before TensorFlow starts; returns (accelerator, card name)."""
-    import tensorflow as tf
+def _card(dry_run):
+    import jax
 
     if dry_run:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * max(logical, 2))
-        return "CPU", "CPU (dry run)"
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        raise SystemExit("No GPU visible: run with --dry-run on a CPU machine.")
-    if logical > 1:
-        memory = 30 * 1024  # MiB per logical GPU: two fit on an 80 GB card
-        tf.config.set_logical_device_configuration(
-            gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=memory)] * logical)
-    else:
-        tf.config.experimental.set_memory_growth(gpus[0], True)
-    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-    return "GPU", name
+        return "CPU (dry run)"
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        raise SystemExit("No GPU visible to JAX: run with --dry-run on a CPU machine.")
+    return device.device_kind
 
 
 def _small_network(batch_norm=True, seed=0):
@@ -81,27 +77,28 @@ def _small_network(batch_norm=True, seed=0):
     return keras.Model(inputs, keras.layers.Dense(10, kernel_initializer=init)(x))
 
 
-def _fit_small(device, jit, policy, strategy=None, steps=20, batch_norm=True):
+def _fit_small(jit, policy, device=None, steps=20, batch_norm=True, plain=False):
+    import contextlib
+
+    import jax
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_hta as hta
 
-    keras.mixed_precision.set_global_policy(policy)
+    keras.config.set_dtype_policy(policy)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(steps * 16, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 10, size=steps * 16)
-    scope = strategy.scope() if strategy else tf.device(device)
-    with scope:
+    with jax.default_device(device) if device is not None else contextlib.nullcontext():
         keras.utils.set_random_seed(0)
-        model = hta.HomotopyModel.from_model(_small_network(batch_norm), homotopy_l=0.01, split="channels")
+        network = _small_network(batch_norm)
+        model = network if plain else hta.HomotopyModel.from_model(network, homotopy_l=0.01, split="channels")
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
-    with (contextlib.nullcontext() if strategy else tf.device(device)):
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    keras.mixed_precision.set_global_policy("float32")
-    return [w.numpy() for w in model.network.weights]
+    keras.config.set_dtype_policy("float32")
+    return [np.asarray(w) for w in network.weights]
 
 
 def _max_diff(a, b):
@@ -111,27 +108,40 @@ def _max_diff(a, b):
 
 
 def stage_a(args):
-    accel, card = _devices(args.dry_run)
-    reference = _fit_small("/CPU:0", False, "float32")
+    import jax
+
+    card = _card(args.dry_run)
+    cpu = jax.devices("cpu")[0]
+    reference = _fit_small(False, "float32", device=cpu)
+    plain_reference = _fit_small(False, "float32", device=cpu, plain=True)
     rows = []
     for policy in ("float32", "mixed_float16"):
         for jit in (False, True):
             start = time.perf_counter()
-            theta = _fit_small(f"/{accel}:0", jit, policy)
+            theta = _fit_small(jit, policy)
+            seconds = round(time.perf_counter() - start, 2)
+            plain = _fit_small(jit, policy, plain=True)  # what plain Keras differs by in the same setting
             rows.append({"policy": policy, "jit_compile": jit, "max_abs_diff_vs_cpu": _max_diff(theta, reference),
-                         "seconds": round(time.perf_counter() - start, 2)})
-    return {"card": card, "rows": rows, "note": "20 SGD steps, proximal update, against float32 on the CPU"}
+                         "plain_keras_max_abs_diff_vs_cpu": _max_diff(plain, plain_reference), "seconds": seconds})
+    return {"card": card, "rows": rows, "note": "20 SGD steps, proximal update, against float32 on the CPU; "
+                                               "plain Keras's own difference in the same setting beside it"}
 
 
 def stage_b(args):
-    import tensorflow as tf
+    import keras
 
-    accel, card = _devices(args.dry_run, logical=2)
-    devices = [d.name for d in tf.config.list_logical_devices(accel)][:2]
-    one = _fit_small(devices[0], False, "float32", batch_norm=False)
-    mirrored = tf.distribute.MirroredStrategy(devices)
-    two = _fit_small(None, False, "float32", strategy=mirrored, batch_norm=False)
-    return {"card": card, "devices": devices, "max_abs_diff": _max_diff(one, two), "target": 1e-5}
+    card = _card(args.dry_run)
+    devices = keras.distribution.list_devices("cpu" if args.dry_run else None)
+    if len(devices) < 2:
+        return {"card": card, "skipped": f"{len(devices)} device visible: DataParallel needs 2"}
+    one = _fit_small(False, "float32", batch_norm=False)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices[:2]))
+    try:
+        two = _fit_small(False, "float32", batch_norm=False)
+    finally:
+        keras.distribution.set_distribution(None)
+    return {"card": card, "devices": [str(d) for d in devices[:2]], "max_abs_diff": _max_diff(one, two),
+            "target": 1e-5}
 
 
 def _StepTimer():
@@ -153,21 +163,40 @@ def _StepTimer():
     return StepTimer()
 
 
+def _repeat(x, y, batch):
+    import keras
+
+    class Repeat(keras.utils.PyDataset):
+        def __len__(self):
+            return 10**6
+
+        def __getitem__(self, i):
+            i %= len(x) // batch
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    return Repeat()
+
+
+def _peak_mib():
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+
+
 def stage_c(args):
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_hta as hta
     from keras_hta.experiments import models
 
-    accel, card = _devices(args.dry_run)
+    card = _card(args.dry_run)
     width, batch, steps, rounds = (1 / 16, 8, 4, 2) if args.dry_run else (1.0, 128, 11, 3)
     depths = (11,) if args.dry_run else (11, 16)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * 4, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, size=batch * 4)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
+    data = _repeat(rng.normal(size=(batch * 4, 32, 32, 3)).astype("float32"), rng.integers(0, 10, size=batch * 4),
+                   batch)
     rows = []
     for depth in depths:
         for jit in (False, True):
@@ -181,15 +210,12 @@ def stage_c(args):
                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
                 model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # tracing and XLA compilation
                 built[variant], times[variant] = model, []
+                peaks[variant] = _peak_mib()  # the process's peak so far: grows with each variant built
             for _ in range(rounds):  # alternating, so load changes hit every variant alike
                 for variant, model in built.items():
-                    if accel == "GPU":
-                        tf.config.experimental.reset_memory_stats("GPU:0")
                     timer = _StepTimer()
                     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
                     times[variant] += timer.times[1:]  # the first step of a fit also starts its iterator
-                    if accel == "GPU":
-                        peaks[variant] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
             median = {v: float(np.median(t)) for v, t in times.items()}
             rows.append({"model": f"vgg{depth}_bn", "width": width, "batch": batch, "jit_compile": jit,
                          **{f"{v}_s": s for v, s in median.items()},
@@ -199,7 +225,8 @@ def stage_c(args):
                          **{f"{v}_peak_mib": peaks.get(v) for v in built}})
             del built
             keras.backend.clear_session()
-    return {"card": card, "rows": rows}
+    return {"card": card, "rows": rows, "note": "peak MiB: the device's peak after building and warming each "
+                                               "variant in turn (cumulative within a row)"}
 
 
 def stage_d(args):
@@ -209,7 +236,7 @@ def stage_d(args):
     import keras_hta as hta
     from keras_hta.experiments import data, models
 
-    accel, card = _devices(args.dry_run)
+    card = _card(args.dry_run)
     if args.dry_run:
         rng = np.random.default_rng(0)
         d = {"x_train": rng.integers(0, 256, size=(256, 32, 32, 3), dtype=np.uint8),
@@ -223,11 +250,10 @@ def stage_d(args):
     mean, std = data.channel_stats(d["x_train"])
     steps_per_epoch = int(np.ceil(len(d["y_train"]) / batch))
 
-    keras.utils.set_random_seed(0)
     probe = data.image_pipeline(d["x_train"], d["y_train"], batch, True, mean, std, seed=0)
     start, images = time.perf_counter(), 0
-    for xb, _ in probe.take(min(steps_per_epoch, 100)):
-        images += int(xb.shape[0])
+    for i in range(min(steps_per_epoch, 100)):
+        images += len(probe[i][1])
     pipeline_images_s = images / (time.perf_counter() - start)
 
     def run(arm, epochs):
@@ -256,17 +282,70 @@ def stage_d(args):
             "probe_epoch_seconds": probe["seconds"], "arms": {arm: run(arm, epochs) for arm in ("sgd", "hta")}}
 
 
+def stage_e(args):
+    """Two twins' gradients: one jitted `vmap` over stacked weights against two jitted calls."""
+    import jax
+    import keras
+    import numpy as np
+
+    from keras_hta.experiments import models
+
+    card = _card(args.dry_run)
+    batch, reps = (8, 3) if args.dry_run else (128, 20)
+    widths = (1 / 16, 1 / 8) if args.dry_run else (1 / 8, 1.0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.normal(size=(batch, 32, 32, 3)).astype("float32"))
+    y = jax.numpy.asarray(rng.integers(0, 10, size=batch))
+    rows = []
+    for width in widths:
+        keras.utils.set_random_seed(0)
+        network = models.vgg(11, width=width)
+        trainable = [v.value for v in network.trainable_variables]
+        frozen = [v.value for v in network.non_trainable_variables]
+
+        def f(tv, ntv):
+            y_pred, ntv = network.stateless_call(tv, ntv, x, training=True)
+            return loss(y, y_pred), ntv
+
+        grad = jax.grad(f, has_aux=True)
+        twin = [t * 1.01 for t in trainable]
+        two = jax.jit(lambda a, b, n: (grad(a, n), grad(b, n)))
+        fused = jax.jit(lambda stacked, n: jax.vmap(grad, in_axes=(0, None))(stacked, n))
+        stacked = [jax.numpy.stack([a, b]) for a, b in zip(trainable, twin)]
+        timings = {}
+        for name, call in (("two_calls", lambda: two(trainable, twin, frozen)),
+                           ("fused_vmap", lambda: fused(stacked, frozen))):
+            jax.block_until_ready(call())  # compile
+            samples = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                jax.block_until_ready(call())
+                samples.append(time.perf_counter() - start)
+            timings[name] = float(np.median(samples))
+        (g_a, _), (g_b, _) = two(trainable, twin, frozen)
+        g_fused, _ = fused(stacked, frozen)
+        agree = max(float(np.max(np.abs(np.asarray(u[0]) - np.asarray(a)))) for u, a in zip(g_fused, g_a))
+        agree = max(agree, max(float(np.max(np.abs(np.asarray(u[1]) - np.asarray(b)))) for u, b in zip(g_fused, g_b)))
+        rows.append({"model": "vgg11_bn", "width": width, "batch": batch, **{f"{k}_s": v for k, v in timings.items()},
+                     "fused_over_two": timings["fused_vmap"] / timings["two_calls"], "max_abs_grad_diff": agree})
+        keras.backend.clear_session()
+    return {"card": card, "rows": rows}
+
+
 def report(out, results):
-    lines = [f"# GPU check ({results.get('card', '?')})", ""]
+    lines = [f"# GPU check ({results.get('card', '?')}, Keras on JAX)", ""]
     a = results.get("a")
     if a:
         lines += ["## a. Correctness against the CPU (20 steps, proximal update)", "",
-                  "| policy | jit_compile | max abs diff of θ vs CPU float32 | seconds |", "|---|---|---|---|"]
-        lines += [f"| {r['policy']} | {r['jit_compile']} | {r['max_abs_diff_vs_cpu']:.2e} | {r['seconds']} |"
-                  for r in a["rows"]]
+                  "| policy | jit_compile | max abs diff of θ vs CPU float32 | plain Keras's, the same way | seconds |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['policy']} | {r['jit_compile']} | {r['max_abs_diff_vs_cpu']:.2e} | "
+                  f"{r['plain_keras_max_abs_diff_vs_cpu']:.2e} | {r['seconds']} |" for r in a["rows"]]
     b = results.get("b")
     if b:
-        lines += ["", "## b. MirroredStrategy, 2 logical devices vs 1", "",
+        lines += ["", "## b. DataParallel, 2 devices vs 1", ""]
+        lines += [f"skipped: {b['skipped']}" if "skipped" in b else
                   f"max abs diff {b['max_abs_diff']:.2e} (target {b['target']:g}) on {', '.join(b['devices'])}"]
     c = results.get("c")
     if c:
@@ -284,6 +363,13 @@ def report(out, results):
                   "", "| arm | epochs | test accuracy | seconds | training images/s |", "|---|---|---|---|---|"]
         lines += [f"| {arm} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']} | "
                   f"{r['train_images_per_s']:.0f} |" for arm, r in d["arms"].items()]
+    e = results.get("e")
+    if e:
+        lines += ["", "## e. Fused twins (vmap) against two calls, forward + backward", "",
+                  "| model | width | batch | two calls s | fused s | fused / two | max abs grad diff |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['width']:g} | {r['batch']} | {r['two_calls_s']:.4f} | {r['fused_vmap_s']:.4f} | "
+                  f"{r['fused_over_two']:.2f} | {r['max_abs_grad_diff']:.1e} |" for r in e["rows"]]
     for stage, error in results.get("errors", {}).items():
         lines += ["", f"Stage {stage} did not finish: {error}"]
     with open(os.path.join(out, "gpu_check.md"), "w") as f:
@@ -306,14 +392,26 @@ def report(out, results):
     return "\n".join(lines)
 
 
+def _child(args):
+    """Runs one stage here (KERAS_BACKEND=jax, set by the driver) and writes its JSON at once."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit(f"gpu_check stages run on JAX; this process has KERAS_BACKEND={keras.backend.backend()}")
+    result = globals()[f"stage_{args.stage}"](args)
+    result["tensorflow_imported"] = "tensorflow" in sys.modules
+    _write(os.path.join(args.out, f"stage_{args.stage}.json"), result)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpeg.tar.gz"))
-    parser.add_argument("--minutes-d", type=float, default=3.5, help="training time for stage d, both arms")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "gpu"))
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
+    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpeg.tar.gz"),
+                        help="the CIFAR-10 JPEG tarball or image folder for stage d")
+    parser.add_argument("--minutes-d", type=float, default=2.5, help="training time for stage d, both arms")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "gpu"), help="where the results go")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage here
     args = parser.parse_args()
     if args.minutes_d <= 0:
@@ -321,11 +419,14 @@ def main():
     if "d" in args.stages and not args.dry_run and not os.path.exists(args.data):
         parser.error(f"argument --data does not exist. Received: {args.data}")
     os.makedirs(args.out, exist_ok=True)
-    if args.stage:  # a child process: one stage, its result written at once
-        result = globals()[f"stage_{args.stage}"](args)
-        _write(os.path.join(args.out, f"stage_{args.stage}.json"), result)
+    if args.stage:
+        _child(args)
         return 0
 
+    env = dict(os.environ, KERAS_BACKEND="jax")  # the stages run on JAX whatever the caller's backend
+    if args.dry_run:  # two host devices stand in for two GPUs, and JAX stays on the CPU
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+        env["JAX_PLATFORMS"] = "cpu"
     results, errors = {}, {}
     for stage in args.stages:
         print(f"stage {stage} ...", flush=True)
@@ -333,7 +434,8 @@ def main():
                    "--minutes-d", str(args.minutes_d)] + (["--dry-run"] if args.dry_run else [])
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=LIMITS[stage] * (3 if args.dry_run else 1))
+            done = subprocess.run(command, capture_output=True, text=True, env=env,
+                                  timeout=LIMITS[stage] * (3 if args.dry_run else 1))
             if done.returncode:
                 errors[stage] = done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else f"exit {done.returncode}"
         except subprocess.TimeoutExpired:

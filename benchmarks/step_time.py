@@ -10,7 +10,12 @@ median step time over all rounds is reported. Peak memory (resident set size)
 is measured for each variant in a fresh process; the state memory (weights,
 twins, anchors, masks and optimizer slots) is counted exactly.
 
+Runs on the backend Keras is set to, or with `--backends tensorflow jax torch`
+on each of them in turn (a child process per backend, the same models, in one
+run), side by side with the fastest backend per model named.
+
 Usage: python benchmarks/step_time.py [--models vgg11/8 vgg11/4 cnn1d] [--rounds 5] [--steps 20]
+                                      [--backends tensorflow jax torch]
 Writes benchmarks/results/step_time.json, step_time.md and step_time.png.
 """
 
@@ -56,14 +61,52 @@ def build(model_name, variant):
 
 
 def dataset(model_name, steps, half=False):
-    import tensorflow as tf
+    """Four fixed batches, repeated: tf.data on TensorFlow, a PyDataset elsewhere."""
+    import keras
 
     _, shape, batch = MODELS[model_name]
     batch = batch // 2 if half else batch
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 4,) + shape).astype("float32")
     y = rng.integers(0, 10, size=batch * 4).astype("int32")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(2)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(2)
+
+    class Repeat(keras.utils.PyDataset):
+        def __len__(self):
+            return 10**6
+
+        def __getitem__(self, i):
+            i %= 4
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    return Repeat()
+
+
+def device_name():
+    """The accelerator's name, or the CPU with its core count."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get(
+                "device_name", "GPU")
+    elif backend == "jax":
+        import jax
+
+        if jax.devices()[0].platform != "cpu":
+            return jax.devices()[0].device_kind
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 class StepTimes:
@@ -123,17 +166,41 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax", "torch"],
+                        help="run on each backend in turn (default: the one Keras is set to)")
+    parser.add_argument("--rows-json", help=argparse.SUPPRESS)  # internal: one backend's rows, to this file
     args = parser.parse_args()
-    import tensorflow as tf
+    if args.backends:
+        rows = []
+        for backend in args.backends:
+            print(f"== {backend}", flush=True)
+            path = os.path.join(args.out, f".step_time_{backend}.json")
+            os.makedirs(args.out, exist_ok=True)
+            argv = [a for a in sys.argv[1:]]
+            i = argv.index("--backends")
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            argv = argv[:i] + argv[j:]
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--rows-json", path], env=env, check=True)
+            with open(path) as f:
+                rows += json.load(f)
+            os.remove(path)
+        return write_report(rows, args.out)
+    import keras
 
-    device = tf.config.list_logical_devices("GPU")
-    device = (tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
-              if device else f"CPU ({os.cpu_count()} cores)")
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)  # PyTorch's step times are erratic otherwise
+    device = device_name()
     rows = []
     for name in args.models:
         print(f"timing {name} ...", flush=True)
         r = time_models(name, args.rounds, args.steps)
-        row = {"model": name, "device": device, **{f"{v}_s": r[v]["median_s"] for v in VARIANTS},
+        row = {"model": name, "backend": keras.backend.backend(), "device": device,
+               **{f"{v}_s": r[v]["median_s"] for v in VARIANTS},
                **{f"{v}_state_mib": r[v]["state_bytes"] / 2**20 for v in VARIANTS}}
         row["hta_over_plain"] = row["hta_s"] / row["plain_s"]
         row["hta_over_2plain"] = row["hta_s"] / (2 * row["plain_s"])
@@ -147,27 +214,47 @@ def main():
                 row[f"{v}_peak_mib"] = peak_rss(name, v, 5)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "step_time.json"), "w") as f:
+    if args.rows_json:
+        with open(args.rows_json, "w") as f:
+            json.dump(rows, f)
+        return None
+    return write_report(rows, args.out)
+
+
+def write_report(rows, out):
+    """step_time.json, .md (backends side by side, the fastest per model named) and .png."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "step_time.json"), "w") as f:
         json.dump({"command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]), "rows": rows}, f, indent=1)
-    lines = ["| model | device | plain s/step | HTA s/step | HTA split s/step | HTA / plain | HTA / (2 x plain) | "
+    lines = ["| model | backend | device | plain s/step | HTA s/step | HTA split s/step | HTA / plain | HTA / (2 x plain) | "
              "split / plain | 2 x plain(half batch) / plain | proximal / gradient HTA | state MiB plain / HTA | "
              "state HTA / plain | peak RSS MiB plain / HTA / split |",
-             "|" + "---|" * 13]
+             "|" + "---|" * 14]
     for r in rows:
         peak = " / ".join(f"{r[f'{v}_peak_mib']:.0f}" for v in PEAK_VARIANTS) if "plain_peak_mib" in r else "-"
-        lines.append(f"| {r['model']} | {r['device']} | {r['plain_s']:.4f} | {r['hta_s']:.4f} | {r['hta_split_s']:.4f} | "
+        lines.append(f"| {r['model']} | {r.get('backend', 'tensorflow')} | {r['device']} | {r['plain_s']:.4f} | "
+                     f"{r['hta_s']:.4f} | {r['hta_split_s']:.4f} | "
                      f"{r['hta_over_plain']:.2f} | {r['hta_over_2plain']:.2f} | {r['split_over_plain']:.2f} | "
                      f"{r['split_floor']:.2f} | {r['proximal_over_gradient']:.3f} | "
                      f"{r['plain_state_mib']:.2f} / {r['hta_state_mib']:.2f} | {r['state_ratio']:.3f} | {peak} |")
+    backends = sorted({r.get("backend", "tensorflow") for r in rows})
+    if len(backends) > 1:
+        lines.append("")
+        for name in dict.fromkeys(r["model"] for r in rows):
+            mine = [r for r in rows if r["model"] == name]
+            best = min(mine, key=lambda r: r["hta_s"])
+            lines.append(f"Fastest HTA step for {name}: {best['backend']} ({best['hta_s']:.4f} s; "
+                         + ", ".join(f"{r['backend']} {r['hta_s'] / best['hta_s']:.2f}x" for r in mine if r is not best)
+                         + ")")
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "step_time.md"), "w") as f:
+    device = rows[0]["device"] if rows else "?"
+    with open(os.path.join(out, "step_time.md"), "w") as f:
         f.write(table)
     from keras_hta.experiments.plots import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    names = [r["model"] for r in rows]
+    names = [r["model"] + (f"\n{r['backend']}" if len(backends) > 1 else "") for r in rows]
     ax.bar(np.arange(len(rows)) - 0.2, [r["hta_over_2plain"] for r in rows], 0.4, label="HTA / (2 x plain)")
     ax.bar(np.arange(len(rows)) + 0.2, [r["split_over_plain"] for r in rows], 0.4, label="HTA split / plain")
     ax.axhline(1.05, color="C0", ls="--", lw=1)
@@ -177,8 +264,9 @@ def main():
     ax.set_title(f"HTA step-time ratios ({device})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "step_time.png"), dpi=120)
+    fig.savefig(os.path.join(out, "step_time.png"), dpi=120)
     print(table)
+    return rows
 
 
 if __name__ == "__main__":

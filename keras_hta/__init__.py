@@ -48,11 +48,12 @@ def __getattr__(name):
 # ("keras_hta>HomotopyModel") when it loads a saved model after a plain
 # `import keras_hta`. Only the `keras-hta` command defers them (through
 # `__getattr__` above): it imports what each subcommand needs, so that
-# `keras-hta --help` answers without importing TensorFlow.
+# `keras-hta --help` answers without importing Keras. `multi_worker_strategy`
+# (TensorFlow's tf.distribute) is always imported on first use, so that the
+# library imports without TensorFlow on the JAX and PyTorch backends.
 if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "keras-hta":
     from keras_hta import schedules
     from keras_hta.export import export_saved_model
     from keras_hta.homotopy_model import HomotopyModel
     from keras_hta.homotopy_scheduler import HomotopyScheduler
     from keras_hta.merge import merge, recompute_batchnorm
-    from keras_hta.multi_worker import multi_worker_strategy

@@ -1,5 +1,8 @@
 """Exporting a trained `HomotopyModel` as a TF SavedModel for serving."""
 
+import importlib.util
+
+import keras
 from keras_hta.merge import merge
 
 
@@ -9,7 +12,14 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     The SavedModel holds only the plain network's variables (no twin,
     anchor, mask or L), has a `serve` endpoint (also the
     `serving_default` signature) whose inputs carry the network's input
-    names, and loads with `tf.saved_model.load` without keras-hta.
+    names, and loads with `tf.saved_model.load` without keras-hta. It is
+    Keras' own `model.export(path, format="tf_saved_model")` of the merged
+    network, so it needs TensorFlow installed: on the TensorFlow backend, and
+    on JAX (Keras converts the JAX functions). On PyTorch Keras cannot write
+    a SavedModel; save the model (`model.save("m.keras")`, which loads on
+    every backend) and export it on TensorFlow or JAX, or export the merged
+    network in another format Keras offers there (`merge(model).export(path,
+    format="onnx")` with the `onnx` package).
 
     Args:
         model: A `keras_hta.HomotopyModel`.
@@ -23,6 +33,10 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     Returns:
         The merged plain `keras.Model` that was exported.
 
+    Raises:
+        ImportError: TensorFlow is not installed.
+        ValueError: on the PyTorch backend.
+
     Example:
 
     ```python
@@ -31,6 +45,18 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     predictions = served.serve(images)
     ```
     """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        raise ValueError(
+            "export_saved_model: Keras cannot write a TF SavedModel on the torch backend. Save the model "
+            "(model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow or jax (`keras-hta export m.keras "
+            "DIR`), or use keras_hta.merge(model).export(path, format='onnx')."
+        )
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(
+            f"export_saved_model needs TensorFlow, also on the {backend} backend: pip install tensorflow-cpu "
+            "(or tensorflow)."
+        )
     plain = merge(model, how=how, recompute_bn=recompute_bn)
     plain.export(str(path), format="tf_saved_model", verbose=verbose)
     return plain

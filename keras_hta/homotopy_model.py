@@ -3,19 +3,28 @@
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
 import keras
+from keras import ops
 from keras_hta import anchors as anchors_lib
-from keras_hta import distribute_utils
+from keras_hta import compat
 from keras_hta import penalties as penalties_lib
 from keras_hta import schedules as schedules_lib
 from keras_hta import splits as splits_lib
+from keras_hta import step as step_lib
 from keras_hta import twins as twins_lib
+
+def _refuse_h5(filepath, where="filepath"):
+    path = str(filepath)
+    if path.endswith((".h5", ".hdf5")) and not path.endswith(".weights.h5"):
+        raise ValueError(
+            f"HomotopyModel saves whole models in the .keras format only (Keras' legacy HDF5 writer cannot hold "
+            f"its anchors). Received: {where}={path!r}. Use a '.keras' path, or '.weights.h5' for weights alone."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_hta")
-class HomotopyModel(keras.Model):
+class HomotopyModel(step_lib.HomotopyStep, keras.Model):
     """A model trained by the Homotopy Training Algorithm (HTA) in `fit`.
 
     HTA keeps `num_groups` twin copies of the trainable weights (θ, η, ...)
@@ -117,6 +126,7 @@ class HomotopyModel(keras.Model):
         **kwargs,
     ):
         network = twins_lib.check_network(network, inputs, outputs)
+        twins_lib.warn_custom_step(network)
         penalties_lib.check_options(norm, penalty_update)
         twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
@@ -125,9 +135,10 @@ class HomotopyModel(keras.Model):
         groups = splits_lib.assign_groups(network, variables, split, num_groups, seed)
         anchor_values = anchors_lib.resolve_anchor(anchor, variables)
 
-        super().__init__(name=name or f"homotopy_{network.name}", **kwargs)
+        super().__init__(name=name or f"homotopy_{network.name}".replace(".", "_"), **kwargs)  # torch: no "." in names
         self.network = network
         self.twins = twins
+        object.__setattr__(self, "twin_factory", twin_factory)  # a callable: not tracked, not saved; merge uses it
         self.num_groups = num_groups
         self.norm = norm
         self.penalty_update = penalty_update
@@ -148,7 +159,7 @@ class HomotopyModel(keras.Model):
             self._state(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
         ]
         if self.split in ("channels", "layers"):
-            self._groups = [tf.constant(g, "int32") for g in groups]
+            self._groups = [np.asarray(g, "int32") for g in groups]
         else:  # int32: collectives take no int8
             self._groups = [self._state(g.astype("int32"), f"groups_{i}") for i, g in enumerate(groups)]
         names = ["theta"] + [twins_lib.twin_suffix(k, num_groups) for k in range(1, num_groups)]
@@ -194,8 +205,8 @@ class HomotopyModel(keras.Model):
     def anchors(self):
         """The anchor θ̃ of each trainable weight, as tensors (zeros for `anchor="zeros"`)."""
         if self._anchor_weights is None:
-            return [tf.zeros(self._shapes[i], self._paired[0][i].dtype) for i in self._active()]
-        return [tf.convert_to_tensor(self._anchor_weights[i]) for i in self._active()]
+            return [ops.zeros(self._shapes[i], self._paired[0][i].dtype) for i in self._active()]
+        return [ops.convert_to_tensor(self._anchor_weights[i]) for i in self._active()]
 
     @property
     def anchor_masks(self):
@@ -205,12 +216,12 @@ class HomotopyModel(keras.Model):
         """
         active = self._active()
         masks = splits_lib.anchor_masks([self._groups[i] for i in active], self.num_groups)
-        return [[tf.broadcast_to(a, self._shapes[i]) for a, i in zip(ms, active)] for ms in masks]
+        return [[ops.broadcast_to(a, self._shapes[i]) for a, i in zip(ms, active)] for ms in masks]
 
     def group_sizes(self):
         """Number of trainable weight elements in each group (twin g − 1 is free on group g)."""
         active = self._active()
-        groups = [np.asarray(self._groups[i]) for i in active]
+        groups = [ops.convert_to_numpy(self._groups[i]) for i in active]
         return splits_lib.group_sizes(groups, [self._shapes[i] for i in active], self.num_groups)
 
     def call(self, inputs, training=None):
@@ -255,6 +266,12 @@ class HomotopyModel(keras.Model):
         return message is None
 
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, *args, **kwargs):
+        if kwargs.get("jit_compile") is True and keras.backend.backend() == "torch":
+            raise ValueError(
+                "Argument `jit_compile`=True is not supported on the torch backend: torch.compile cannot trace "
+                "the twins' calls inside the step. Received: jit_compile=True with KERAS_BACKEND=torch. Leave "
+                "it at its default, or use the jax or tensorflow backend for XLA."
+            )
         for twin in self.twins:  # trainable flags follow θ, as a recompile expects
             twins_lib.sync_trainable(self.network, twin)
         super().compile(optimizer, loss, loss_weights, *args, **kwargs)
@@ -265,8 +282,28 @@ class HomotopyModel(keras.Model):
 
     def compile_from_config(self, config):
         # Keras skips a custom compile() when loading; this one is safe to run.
-        self.compile(**keras.saving.deserialize_keras_object(config))
+        config = keras.saving.deserialize_keras_object(compat.portable_compile_config(config))
+        if keras.backend.backend() == "torch" and config.get("jit_compile") is True:
+            config["jit_compile"] = "auto"  # saved on JAX or TensorFlow, where XLA is the default
+        self.compile(**config)
         self.optimizer.build(self.trainable_variables)
+
+    def save(self, filepath, *args, **kwargs):
+        """Saves to the `.keras` format (Keras' own `save`); the legacy `.h5` format is refused.
+
+        Keras' HDF5 writer compares weights with `==` and fails on a model
+        that owns array-valued weights (the anchors), so a `.h5` path raises
+        a ValueError naming `.keras` before anything is written.
+        """
+        _refuse_h5(filepath)
+        return super().save(filepath, *args, **kwargs)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """Keras' `fit`; a `ModelCheckpoint` to a legacy `.h5` file is refused before training (see `save`)."""
+        for callback in callbacks or []:
+            if isinstance(callback, keras.callbacks.ModelCheckpoint) and not callback.save_weights_only:
+                _refuse_h5(callback.filepath, "ModelCheckpoint(filepath=...)")
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def set_weights(self, weights):
         """Sets every weight except L and the schedule position.
@@ -283,105 +320,67 @@ class HomotopyModel(keras.Model):
     @property
     def losses(self):
         """θ's own losses (regularizers, `add_loss`): those in f(θ), `fit`'s and `evaluate`'s loss."""
-        return self.network.losses
+        return compat.forward_losses(self) or self.network.losses
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        # Keras calls this once before the first step, across replicas, to
-        # build its compiled loss: the twins' compiled loss is built there too.
+        """H's value in training: Σ_k f(w_k) plus the penalties; f(θ) otherwise.
+
+        With `penalty_update="proximal"` the penalties join the value only
+        (their gradient is not taken: the proximal step applies them after
+        the optimizer's); with `"gradient"` their gradient joins f's. Keras
+        divides each replica's loss by the number of replicas and sums the
+        gradients; the penalties, the same on every replica, are divided
+        alike.
+        """
         twin_loss = getattr(self, "_twin_loss", None)
         if twin_loss is not None and not getattr(twin_loss, "ready", False):
+            # Keras calls this once before the first step, across replicas, to
+            # build its compiled loss: the twins' compiled loss is built there too.
             twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
             twin_loss.ready = True
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-
-    def _f(self, k, x, y, y_pred, sample_weight):
-        """f of twin k: the compiled loss plus that twin's own losses, as Keras' `compute_loss` gives θ's.
-
-        Like every replica's loss, the twin's losses are divided by the number of replicas.
-        """
-        if k == 0:
-            return self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-        twin_loss = getattr(self, "_twin_loss", None)
-        losses = [] if twin_loss is None else [twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)]
-        for extra in self.nets[k].losses:  # regularizers and add_loss
-            extra = extra if tf.as_dtype(extra.dtype).is_floating else tf.cast(extra, keras.config.floatx())
-            losses.append(tf.reduce_sum(extra) / distribute_utils.replicas())
-        if not losses:
-            raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
-        return tf.add_n(losses) if len(losses) > 1 else losses[0]
-
-    def _proximal_step(self, gamma, active, updated=None):
-        """Applies the penalties exactly after the optimizer's step (see `penalties.proximal_update`).
-
-        `updated`: a boolean tensor, False where the optimizer left the
-        weights alone (accumulating gradients, or a skipped loss-scaled step).
-        """
-        updates = []
-        for i in active:
-            values = [ws[i] for ws in self._paired]
-            dtype = values[0].dtype
-            free = [e for (e,) in splits_lib.free_masks([self._groups[i]], self.num_groups, dtype)]
-            anchor = None if self._anchor_weights is None else tf.cast(self._anchor_weights[i], dtype)
-            new = penalties_lib.proximal_update(
-                [tf.convert_to_tensor(v) for v in values], free,
-                tf.cast(gamma, dtype), tf.cast(self.homotopy_l, dtype), anchor,
-            )
-            if updated is not None:
-                new = [tf.where(updated, n, v) for n, v in zip(new, values)]
-            updates += zip(values, new)
-        distribute_utils.assign_all(updates)
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-        parts = twins_lib.split_batch((x, y, sample_weight), self.num_groups, self.twin_batch)
-        proximal = self.penalty_update == "proximal"
-        l_value = tf.cast(self.homotopy_l, "float32")
-        replicas = distribute_utils.replicas()
-        with tf.GradientTape() as tape:
-            twin_losses, predictions = [], []
-            for k, (net, (x_k, y_k, sw_k)) in enumerate(zip(self.nets, parts)):
-                y_pred = net(x_k, training=True)
-                twin_losses.append(self._f(k, x_k, y_k, y_pred, sw_k))
-                predictions.append(y_pred)
-            f_total = tf.add_n(twin_losses)
-            objective = f_total
-            if not proximal:  # the explicit step: the penalties' gradient joins f's
-                anchor, coupling = self.penalties()
-                penalty = l_value * anchor + coupling / l_value
-                # Keras scales f by 1/replicas and sums gradients over replicas:
-                # the penalty, identical on every replica, must be scaled alike.
-                objective = f_total + tf.cast(penalty, f_total.dtype) / replicas
-            scaled = self.optimizer.scale_loss(objective) if self.optimizer else objective
-        gradients = tape.gradient(scaled, variables)
-        if proximal:  # H's penalties at the weights f was evaluated at, for the logs
-            anchor, coupling = self.penalties()
-            penalty = l_value * anchor + coupling / l_value
-            gamma = tf.identity(tf.cast(self.optimizer.learning_rate, "float32"))  # before the step
-            # The optimizer's `iterations` advance only on a step that moves the weights.
-            may_skip = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) or bool(
-                getattr(self.optimizer, "gradient_accumulation_steps", None))
-            iterations = tf.identity(self.optimizer.iterations) if may_skip else None
-        self.optimizer.apply(gradients, variables)
-        if proximal:
-            updated = None if iterations is None else self.optimizer.iterations > iterations
-            self._proximal_step(gamma, self._active(), updated)
-
-        x, y, sample_weight = parts[0]  # θ's examples: its metrics and loss weights
+        f_theta = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        if not training:
+            return f_theta
+        parts = step_lib.twin_parts(self) or [(x, y, sample_weight)] * self.num_groups
+        replicas = step_lib.replicas()
+        twin_losses = [f_theta] + [self._f(k, *parts[k]) for k in range(1, self.num_groups)]
+        f_total = penalties_lib.add_n(twin_losses)
+        l_value = ops.cast(self.homotopy_l, "float32")
+        anchor, coupling = self.penalties()
+        penalty = l_value * anchor + coupling / l_value
+        if self.penalty_update == "proximal":  # H's penalties at the step's start weights, for the logs
+            penalty = ops.stop_gradient(penalty)
         batch = twins_lib.batch_size(x)
-        loss_metric = next(m for m in self.metrics if m.name == "loss")
-        loss_metric.update_state(tf.cast(f_total, "float32") * replicas + tf.cast(penalty, "float32"),
-                                 sample_weight=batch)
         for tracker, value in zip(self.twin_loss_trackers, twin_losses):
-            tracker.update_state(tf.cast(value, "float32") * replicas, sample_weight=batch)
+            tracker.update_state(ops.cast(value, "float32") * replicas, sample_weight=batch)
         self.anchor_tracker.update_state(l_value * anchor)
         self.coupling_tracker.update_state(coupling)
         self.l_tracker.update_state(l_value)
-        return self.compute_metrics(x, y, predictions[0], sample_weight=sample_weight)
+        return f_total + ops.cast(penalty, f_total.dtype) / replicas
 
-    def test_step(self, data):
-        logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in self._homotopy_metric_names}
+    def _f(self, k, x, y, sample_weight):
+        """f of twin k ≥ 1: the compiled loss plus that twin's own losses, as Keras' `compute_loss` gives θ's.
+
+        Like every replica's loss, the twin's losses are divided by the number of replicas.
+        """
+        y_pred, extras = step_lib.forward(self.nets[k], x)
+        twin_loss = getattr(self, "_twin_loss", None)
+        losses = [] if twin_loss is None else [twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)]
+        for extra in extras:  # regularizers and add_loss
+            extra = ops.sum(extra)
+            if not keras.backend.is_float_dtype(extra.dtype):
+                extra = ops.cast(extra, keras.config.floatx())
+            losses.append(extra / step_lib.replicas())
+        if not losses:
+            raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
+        return penalties_lib.add_n(losses)
+
+    def test_step(self, *args):
+        # `(data)` -> logs on TensorFlow and PyTorch, `(state, data)` -> (logs, state) on JAX.
+        result = super().test_step(*args)
+        logs, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, None)
+        logs = {k: v for k, v in logs.items() if k not in self._homotopy_metric_names}
+        return logs if rest is None else (logs, *rest)
 
     def get_config(self):
         config = super().get_config()

@@ -25,6 +25,24 @@ def _select_weights(model, how):
     )
 
 
+def _plain_copy(model):
+    """A plain copy of θ's architecture: from `twin_factory` if the model has one, else cloned.
+
+    A subclassed copy is called once on zeros of its build shape, so that it
+    can be exported at once (Keras exports only models that were called).
+    """
+    factory = getattr(model, "twin_factory", None)
+    if factory is not None:
+        plain = factory()
+    else:
+        plain = _clone_with_input_names(model.network)
+    if not getattr(plain, "inputs", None):  # subclassed: build it as θ was built, by a call
+        shape = (model.network.get_build_config() or {}).get("input_shape")
+        if shape and not isinstance(shape[0], (list, tuple, dict)):
+            plain(np.zeros([1 if d is None else d for d in shape], "float32"), training=False)
+    return plain
+
+
 def _clone_with_input_names(network):
     """clone_model, keeping the input layers' names (the serving signature)."""
     names = {id(layer.output): layer.name for layer in network.layers if isinstance(layer, keras.layers.InputLayer)}
@@ -72,7 +90,7 @@ def merge(model, how="theta", recompute_bn=None, steps=None):
             f"Received: model of type {type(model).__name__}"
         )
     weights = _select_weights(model, how)
-    plain = _clone_with_input_names(model.network)
+    plain = _plain_copy(model)
     plain.set_weights(weights)
     if recompute_bn is not None:
         recompute_batchnorm(plain, recompute_bn, steps=steps)

@@ -42,7 +42,8 @@ def check_options(norm, penalty_update):
         )
 
 
-def _add(tensors):
+def add_n(tensors):
+    """The sum of a non-empty list of tensors (of one shape, or scalars)."""
     total = tensors[0]
     for t in tensors[1:]:
         total = total + t
@@ -56,7 +57,7 @@ def _safe_sqrt(x):
 
 
 def _sum_sq(tensors):
-    return _add([ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors])
+    return add_n([ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors])
 
 
 def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
@@ -82,7 +83,7 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
     def displaced(w, a):
         return w if a is None else w - a
 
-    anchor = _add(
+    anchor = add_n(
         [
             finish(_sum_sq([ops.cast(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
             for ws, ms in zip(twin_variables, masks)
@@ -93,7 +94,7 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
         for k in range(j + 1, len(twin_variables)):
             diffs = [u - v for u, v in zip(twin_variables[j], twin_variables[k])]
             pairs.append(finish(_sum_sq(diffs)))
-    return anchor, _add(pairs)
+    return anchor, add_n(pairs)
 
 
 def proximal_update(values, free, gamma, homotopy_l, anchor=None):
@@ -147,8 +148,8 @@ def proximal_update(values, free, gamma, homotopy_l, anchor=None):
     gap = d * inv_free * inv_anchored    # 1/D_f − 1/D_a, without the subtraction
     scale = c * d_anchored / (1.0 + d * (1.0 + c * (m - 1)) * inv_free)  # c / (1 − c·Σ_k 1/D_k)
     free = [ops.cast(e, dtype) for e in free]
-    free_value = _add([e * w for e, w in zip(free, values)])
-    weighted = _add(values) * inv_anchored + free_value * gap
+    free_value = add_n([e * w for e, w in zip(free, values)])
+    weighted = add_n(values) * inv_anchored + free_value * gap
     if anchor is not None:
         anchor = ops.cast(anchor, dtype)
         weighted = weighted + (d * (m - 1) * inv_anchored) * anchor

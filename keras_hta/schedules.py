@@ -10,37 +10,11 @@ callback as well.
 import math
 
 import keras
+from keras_hta.checks import check_epochs_per_value as _check_epochs_per_value
+from keras_hta.checks import check_linear
+from keras_hta.checks import validate_l  # noqa: F401  (part of this module's API)
 
 PACKAGE = "keras_hta"
-
-
-def validate_l(value, name="homotopy_l"):
-    """Returns `value` as a float, or raises if it is not a finite L > 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"Argument `{name}` must be a positive finite number. "
-            f"Received: {name}={value!r}"
-        ) from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"Argument `{name}` must be a positive finite number. "
-            f"Received: {name}={value}"
-        )
-    return value
-
-
-def _check_epochs_per_value(epochs_per_value):
-    if (
-        isinstance(epochs_per_value, bool)
-        or not isinstance(epochs_per_value, int)
-        or epochs_per_value < 1
-    ):
-        raise ValueError(
-            "Argument `epochs_per_value` must be an integer >= 1. "
-            f"Received: epochs_per_value={epochs_per_value!r}"
-        )
 
 
 def _check_position(position):
@@ -133,17 +107,9 @@ class Linear(HomotopySchedule):
     """
 
     def __init__(self, start, stop, step, epochs_per_value=1):
-        self.start = validate_l(start, "start")
-        self.stop = validate_l(stop, "stop")
-        self.step = float(step)
+        self.start, self.stop, self.step = check_linear(start, stop, step)
         _check_epochs_per_value(epochs_per_value)
         self.epochs_per_value = epochs_per_value
-        direction = self.stop - self.start
-        if direction != 0 and (self.step == 0 or (direction > 0) != (self.step > 0)):
-            raise ValueError(
-                "Argument `step` must move from `start` towards `stop`. "
-                f"Received: start={start}, stop={stop}, step={step}"
-            )
 
     def __call__(self, position):
         k = _check_position(position) // self.epochs_per_value

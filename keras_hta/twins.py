@@ -13,6 +13,9 @@ weightless model of its own (`compiled_loss`), so only θ's values reach
 Keras' loss metrics.
 """
 
+import re
+import warnings
+
 import numpy as np
 
 import keras
@@ -62,6 +65,20 @@ def check_network(network, inputs=None, outputs=None):
     return network
 
 
+def warn_custom_step(network):
+    """Warns when `network` defines its own `train_step` or `compute_loss`, which HTA does not call."""
+    own = [name for name in ("train_step", "compute_loss")
+           if getattr(type(network), name, None) is not getattr(keras.Model, name)]
+    if own:
+        warnings.warn(
+            f"HomotopyModel: the network '{network.name}' defines its own {' and '.join(own)}, which HTA does not "
+            "call: each twin's f is the loss passed to compile() plus its own losses (regularizers, add_loss), "
+            "and HomotopyModel's step trains the twins. Compile HomotopyModel with that loss, or move a loss "
+            "computed in train_step into the network's call() with self.add_loss().",
+            UserWarning, stacklevel=4,
+        )
+
+
 def twin_suffix(k, num_groups):
     """The name suffix of twin k (1 .. m − 1): `eta`, or `eta1`, `eta2`, ..."""
     return "eta" if num_groups == 2 else f"eta{k}"
@@ -96,8 +113,11 @@ def clone_twin(network, suffix, factory=None):
 
     def clone_layer(layer):
         config = dict(layer.get_config())
-        config["name"] = f"{layer.name}_{suffix}"
-        return layer.__class__.from_config(config)
+        named = dict(config, name=f"{layer.name}_{suffix}")
+        try:
+            return layer.__class__.from_config(named)
+        except TypeError:  # a layer whose __init__ takes no `name` (Keras' guides write them so)
+            return layer.__class__.from_config(config)
 
     hint = (
         f"Could not build a twin of the network '{network.name}'. For a subclassed model, pass "
@@ -112,7 +132,7 @@ def clone_twin(network, suffix, factory=None):
     else:
         try:
             twin = keras.models.clone_model(network, clone_function=clone_layer)
-        except ValueError:  # subclassed networks: rebuilt from their config
+        except (ValueError, TypeError, NotImplementedError):  # subclassed networks: rebuilt from their config
             try:
                 twin = network.__class__.from_config(network.get_config())
             except Exception as error:  # Keras raises TypeError, NotImplementedError, ...
@@ -120,6 +140,7 @@ def clone_twin(network, suffix, factory=None):
     _build_like(twin, network)
     if not twin.weights:
         raise ValueError(hint)
+    twin.built = True  # it has every weight (checked below); subclassed models built by a call may not say so
     twin.name = f"{network.name}_{suffix}"
     pair_weights(network, twin)  # raises on a mismatch
     twin.set_weights(network.get_weights())
@@ -145,8 +166,18 @@ def make_twins(network, num_groups, factory=None):
     return twins, paired
 
 
+def _unnamed(weight):
+    """A weight created without a name: Keras numbers it (`variable`, `variable_18`)."""
+    return re.fullmatch(r"variable(_\d+)?", weight.name) is not None
+
+
 def pair_weights(network, twin):
     """Pairs every weight of `network` with the twin's weight of the same layer and name.
+
+    Weights are taken in order, layer by layer, so the pair is the weight at
+    the same position in the same layer; its name must match too, except for
+    weights created without a name, which Keras numbers differently in each
+    copy.
 
     Returns:
         A list of `(network_weight, twin_weight)` pairs.
@@ -160,8 +191,9 @@ def pair_weights(network, twin):
             f"The twin of '{network.name}' has {len(b)} weights, the network {len(a)}: "
             "HTA needs an exact structural copy."
         )
-    for u, v in zip(a, b):
-        if u.name != v.name or tuple(u.shape) != tuple(v.shape) or u.dtype != v.dtype:
+    for u, v in zip(a, b):  # in order: layer by layer, each layer's weights in creation order
+        same_name = u.name == v.name or (_unnamed(u) and _unnamed(v))
+        if not same_name or tuple(u.shape) != tuple(v.shape) or u.dtype != v.dtype:
             raise ValueError(
                 f"The twin of '{network.name}' does not match weight '{u.path}' {tuple(u.shape)} "
                 f"(found '{v.path}' {tuple(v.shape)}): HTA needs an exact structural copy."
@@ -236,12 +268,11 @@ def split_batch(data, m, how):
     """
     if how != "split":
         return [data] * m
-    enough = batch_size(data) >= m
-
-    def part(k):
-        def take(t):
-            return None if t is None else keras.ops.cond(enough, lambda: t[k::m], lambda: t)
-
-        return keras.tree.map_structure(take, data)
-
-    return [part(k) for k in range(m)]
+    size = batch_size(data)
+    if isinstance(size, int):  # known when traced (JAX, PyTorch, static TF shapes)
+        enough = size >= m
+        take = lambda t, k: None if t is None else (t[k::m] if enough else t)  # noqa: E731
+    else:
+        enough = size >= m
+        take = lambda t, k: None if t is None else keras.ops.cond(enough, lambda: t[k::m], lambda: t)  # noqa: E731
+    return [keras.tree.map_structure(lambda t: take(t, k), data) for k in range(m)]

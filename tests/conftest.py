@@ -3,7 +3,9 @@ the distribution tests, quiet TF, a gradient helper, and backend markers.
 
 `@pytest.mark.tensorflow_only` marks what TensorFlow is the point of
 (tf.distribute, SavedModel, the tf.data pipeline); those tests are skipped on
-the other backends.
+the other backends. `@pytest.mark.harness` marks the harness's and the
+package's tests, which CI runs once, in the TensorFlow pass; the library's
+tests run under every backend (`.ci/run`).
 """
 
 import os
@@ -37,6 +39,8 @@ elif BACKEND == "torch":
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "tensorflow_only: needs the TensorFlow backend (tf.distribute, SavedModel)")
+    config.addinivalue_line("markers", "harness: the experiment harness and package checks, run once in CI "
+                                       "(the TensorFlow pass); `-m 'not harness'` runs the library's tests")
 
 
 def pytest_collection_modifyitems(config, items):

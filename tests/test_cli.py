@@ -8,6 +8,9 @@ import pytest
 from keras_hta.experiments import cli
 from test_data import make_folder
 
+pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
+
+
 BASE = ["--epochs", "1", "--seeds", "0", "--verbose", "0"]
 TINY = BASE + ["--train-size", "256", "--test-size", "128"]
 
@@ -226,3 +229,122 @@ def test_tune_never_reads_the_test_set(tmp_path, capsys, monkeypatch):
               "--test-size", "128", "--verbose", "0", "--directory", str(tmp_path)])
     out = capsys.readouterr().out
     assert "Best schedule:" in out and out.count("failed") == 0
+
+
+def _one_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("data was loaded before the flags were checked")
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from keras_hta.experiments import compare
+
+    monkeypatch.setattr(compare, "load_data", _no_data)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--out", str(tmp_path / "file" / "run")] + TINY)
+    assert info.value.code == 2
+    assert "`--out` cannot be a folder" in _one_line(capsys) and not (tmp_path / "file").is_dir()
+    monkeypatch.setattr(compare.os, "access", lambda path, mode: False)  # a read-only file system
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--out", str(tmp_path / "ro" / "run")] + TINY)
+    assert info.value.code == 2 and "`--out` cannot be written" in _one_line(capsys)
+    assert not (tmp_path / "ro").exists()
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    from keras_hta.experiments import DataUnavailableError, compare
+
+    def unavailable(*args, **kwargs):
+        raise DataUnavailableError("no data here")
+
+    monkeypatch.setattr(compare, "load_data", unavailable)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--out", str(tmp_path / "run")] + TINY)
+    assert info.value.code == 2 and "no data here" in _one_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_ends_in_one_line_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    from keras_hta.experiments import compare
+
+    real = compare.train_one
+
+    def interrupted_second(config, arm, *args, **kwargs):
+        if arm == "hta":
+            raise KeyboardInterrupt
+        return real(config, arm, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "train_one", interrupted_second)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    assert info.value.code == 130
+    line = _one_line(capsys)
+    assert line.startswith("keras-hta compare: interrupted.") and "1 finished run(s) are kept" in line
+    assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd"]
+    monkeypatch.setattr(compare, "train_one", real)
+    cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    assert "Resuming: 1 finished run(s)" in capsys.readouterr().out
+    assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd", "hta"]
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from keras_hta.experiments import compare
+
+    real, calls = compare.write_json_atomic, []
+
+    def full_after_the_first(path, obj):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, obj)
+
+    monkeypatch.setattr(compare, "write_json_atomic", full_after_the_first)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    line = _one_line(capsys)
+    assert info.value.code == 2 and "No space left on device" in line and "1 finished run(s) are kept" in line
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 1
+    assert [p.name for p in out.iterdir()] == ["results.json"]  # no temporary file left
+
+
+def test_a_results_file_with_incomplete_runs_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"runs": [{"seed": 0}]}))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--out", str(out)] + TINY)
+    line = _one_line(capsys)
+    assert info.value.code == 2 and "cannot be read" in line and "run 0 has no arm" in line
+
+
+def test_export_of_a_file_that_is_not_a_keras_archive_says_so(tmp_path, capsys):
+    (tmp_path / "junk.keras").write_text("not a zip")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "junk.keras"), str(tmp_path / "out")])
+    assert info.value.code == 2 and "is not a Keras archive" in _one_line(capsys)
+
+
+def test_results_md_says_in_words_who_won_by_how_much_and_whether_it_is_significant(tmp_path):
+    from scipy import stats
+
+    out = tmp_path / "run"
+    cli.main(["compare", "--model", "mlp", "--out", str(out), "--epochs", "1", "--seeds", "0", "1", "--verbose", "0",
+              "--train-size", "256", "--test-size", "128"])
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    acc = {arm: [100 - r["test_error"] for r in runs if r["arm"] == arm] for arm in ("sgd", "hta")}
+    p = stats.ttest_ind(acc["hta"], acc["sgd"], equal_var=False).pvalue
+    gap = np.mean(acc["hta"]) - np.mean(acc["sgd"])
+    line = next(l for l in (out / "results.md").read_text().splitlines() if l.startswith("- HTA"))
+    assert f"({gap:+.2f} points)" in line and ("above" if gap > 0 else "below" if gap < 0 else "level with") in line
+    assert f"p = {p:.2g} over 2 and 2 seeds" in line
+    assert ("not significant" if p >= 0.05 else "significant") in line

@@ -6,9 +6,12 @@ import tarfile
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_hta.experiments import data
+
+pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
+tf = pytest.importorskip("tensorflow")
+
 
 CLASSES = ("cat", "ant", "bee")  # written unsorted: labels follow sorted names
 

@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
+
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

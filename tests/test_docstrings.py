@@ -8,6 +8,9 @@ import keras_hta
 from keras_hta import schedules
 from keras_hta.experiments import models
 
+pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
+
+
 
 @pytest.mark.parametrize("module", [schedules, models])
 def test_docstring_examples(module):

@@ -5,13 +5,23 @@ import subprocess
 import sys
 import textwrap
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 import keras
 import keras_hta as hta
 from keras_hta.experiments import cli
-from conftest import dense_network, regression_data
+from conftest import BACKEND, dense_network, regression_data
+
+
+@pytest.fixture(autouse=True)
+def _needs_a_backend_that_exports():
+    if BACKEND == "torch":
+        pytest.skip("no SavedModel export on the torch backend: test_export_on_torch_says_what_to_do")
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("SavedModel export needs TensorFlow installed")
 
 
 def _trained():
@@ -66,3 +76,4 @@ def test_export_command_from_a_keras_file(tmp_path, capsys):
     np.testing.assert_allclose(served, model.twins[0].predict(x, verbose=0), atol=1e-5)
     with pytest.raises(SystemExit):
         cli.main(["export", str(tmp_path / "missing.keras"), str(tmp_path / "out")])
+

@@ -1,6 +1,7 @@
 """A run killed mid-epoch (SIGKILL) and restarted with BackupAndRestore ends
 with the same weights, anchors, L and optimizer state as an uninterrupted run."""
 
+import pytest
 import json
 import os
 import pathlib
@@ -9,6 +10,9 @@ import subprocess
 import sys
 
 import numpy as np
+
+pytestmark = [pytest.mark.harness, pytest.mark.tensorflow_only]  # run once, in the TensorFlow pass (tests/conftest.py)
+
 
 HERE = pathlib.Path(__file__).resolve().parent
 

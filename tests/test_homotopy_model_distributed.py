@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 import keras_hta as hta
 from conftest import dense_network, regression_data
+
+pytestmark = pytest.mark.tensorflow_only
+tf = pytest.importorskip("tensorflow")
 
 
 def _train(strategy, x, y, steps_epochs=3):

@@ -4,6 +4,9 @@ import pytest
 
 from keras_hta.experiments import models
 
+pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
+
+
 
 def _vgg_params(depth, width, classes=10):
     trainable = non_trainable = 0

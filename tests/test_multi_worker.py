@@ -3,6 +3,7 @@ HomotopyModel; both finish with equal weights, equal to one process on the
 same global batch. And a check that tells when Keras fixes the bug our
 workaround covers (keras-team/keras#20585)."""
 
+import pytest
 import json
 import os
 import pathlib
@@ -11,6 +12,9 @@ import subprocess
 import sys
 
 import numpy as np
+
+pytestmark = [pytest.mark.harness, pytest.mark.tensorflow_only]  # run once, in the TensorFlow pass (tests/conftest.py)
+
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -77,7 +81,7 @@ def test_upstream_keras_still_needs_the_workaround(tmp_path):
     if all(code == 0 for code, _ in results):
         raise AssertionError(
             "Plain Keras now trains under MultiWorkerMirroredStrategy without keras_hta's workaround: "
-            "keras-team/keras#20585 is fixed in this Keras; remove the patch in keras_hta/multi_worker.py."
+            "keras-team/keras#20585 is fixed in this Keras; remove the patch in keras_hta/compat.py."
         )
     assert any("PerReplica" in err or "reduction dimension" in err for _, err in results)
 

@@ -6,6 +6,9 @@ import pytest
 from keras_hta import schedules
 from keras_hta.experiments import nonconvex
 
+pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
+
+
 
 def _fd_gradient(fun, x, h=1e-6):
     g = np.zeros_like(x)

@@ -1,12 +1,16 @@
 """The standard keras.callbacks.TensorBoard records HTA's scalars."""
 
+import pytest
 import numpy as np
-import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras
 import keras_hta as hta
 from conftest import dense_network, regression_data
+
+pytestmark = [pytest.mark.harness, pytest.mark.tensorflow_only]  # run once, in the TensorFlow pass (tests/conftest.py)
+tf = pytest.importorskip("tensorflow")
+EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
+
 
 
 def test_event_file_holds_l_coupling_anchor_and_twin_losses(tmp_path):

@@ -7,6 +7,8 @@ import keras
 import keras_hta as hta
 from conftest import regression_data
 
+_np = keras.ops.convert_to_numpy
+
 
 def _deep(n_in=16):
     i = keras.Input((n_in,))
@@ -76,7 +78,7 @@ def test_two_phase_fine_tuning_recipe():
         assert np.abs(kernel - before[0]).max() > 1e-4
     # The backbone joined with its anchor at construction (its initial weights).
     assert len(model.anchors) == 6
-    np.testing.assert_array_equal(model.anchors[0].numpy(), start[0][0])
+    np.testing.assert_array_equal(_np(model.anchors[0]), start[0][0])
 
 
 @keras.saving.register_keras_serializable(package="test_twins")

@@ -61,11 +61,13 @@ def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
 def run_nonconvex(args):
     from keras_hta.experiments.compare import l_schedule
 
-    schedule = l_schedule({"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step})
+    flags = {"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step}
+    l_schedule(flags, build=False)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"Argument `--workers` must be >= 1. Received: --workers {args.workers}")
     if any(n < 1 for n in args.n):
         raise ValueError(f"Argument `--n` must be >= 1. Received: --n {' '.join(map(str, args.n))}")
+    schedule = l_schedule(flags)
     import keras
 
     from keras_hta.experiments import nonconvex
@@ -74,7 +76,8 @@ def run_nonconvex(args):
         starts = nonconvex.paper_starts(n, args.grid)
         row = {"n": n, "starts": len(starts), "grid": sorted(set(starts[:, 0].tolist()))}
         arms = [("bfgs", None)] + [("homotopy", a) for a in args.anchors]
-        bar = keras.utils.Progbar(len(starts) * len(arms), stateful_metrics=None)
+        # A bar on a terminal; in a log file, one line at the end (no escape codes).
+        bar = keras.utils.Progbar(len(starts) * len(arms), stateful_metrics=None, verbose=1 if sys.stderr.isatty() else 2)
         print(f"n={n}: {len(starts)} starts x {len(arms)} solvers", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # progress on stderr, table on stdout
             _run_arms(nonconvex, starts, arms, schedule, args.workers, bar, row)
@@ -115,8 +118,13 @@ def _export_parser(sub):
 
 
 def run_export(args):
+    import zipfile
+
     if not os.path.exists(args.checkpoint):
         raise ValueError(f"Argument `checkpoint` does not exist. Received: {args.checkpoint!r}")
+    if not zipfile.is_zipfile(args.checkpoint):
+        raise ValueError(f"Argument `checkpoint` is not a Keras archive (a .keras file saved by model.save). "
+                         f"Received: {args.checkpoint!r}")
     import keras
 
     import keras_hta
@@ -128,6 +136,34 @@ def run_export(args):
     how = int(args.how) if args.how.isdigit() else args.how
     plain = keras_hta.export_saved_model(model, args.path, how=how)
     print(f"Exported {plain.name} ({how}, {len(plain.weights)} variables) to {args.path}")
+
+
+FLAG_HELP = {  # flags defined without a help text: what their line says before the default
+    "batch_size": "examples per batch", "lr": "SGD learning rate", "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay (0: none)", "seeds": "one run per seed and arm",
+    "lr_schedule": "constant, or cosine decay to 0 over the run", "epochs_per_L": "epochs spent at each L",
+    "split": "how the weights are split into groups", "anchor": "the anchor: zeros or the initial weights",
+    "tuner": "keras-tuner's search", "max_trials": "trials of the search", "seed": "the search's seed",
+    "L_start": "the first L", "L_stop": "the last L", "L_step": "the change of L between values",
+}
+
+
+def _kept(args):
+    """What an interrupted or failed command leaves: the finished runs, and how to go on."""
+    out = getattr(args, "out", None)
+    if args.command == "compare" and out:
+        path = os.path.join(out, "results.json")
+        try:
+            with open(path) as f:
+                count = len(json.load(f)["runs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            count = 0
+        if count:
+            return f" {count} finished run(s) are kept in {path}; the same command resumes from there."
+        return " No run had finished; nothing was written."
+    if args.command == "tune":
+        return f" keras-tuner's finished trials are in {args.directory}."
+    return ""
 
 
 def build_parser():
@@ -142,6 +178,9 @@ def build_parser():
     add_tune_parser(sub)
     for subcommand in sub.choices.values():  # every --help shows every default
         subcommand.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+        for action in subcommand._actions:
+            if action.help is None and action.option_strings and action.default is not None:
+                action.help = FLAG_HELP.get(action.dest, action.dest.replace("_", " "))
     return parser
 
 
@@ -154,9 +193,17 @@ def main(argv=None):
 
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        parser.exit(130, f"keras-hta {args.command}: interrupted.{_kept(args)}\n")
     except (DataUnavailableError, ValueError, TypeError) as error:
         parser.exit(2, f"keras-hta {args.command}: error: {error}\n")
+    except OSError as error:  # a full or read-only disk, a folder removed under the run
+        where = f" ({error.filename})" if error.filename else ""
+        parser.exit(2, f"keras-hta {args.command}: error: {error.strerror or error}{where}.{_kept(args)}\n")
     except ModuleNotFoundError as error:  # a lean install: the harness's extras are missing
+        if error.name == "tensorflow":
+            parser.exit(2, f"keras-hta {args.command}: error: tensorflow is not installed; this needs it "
+                           "(pip install \"keras-hta[cpu]\"), or run it on TensorFlow's backend\n")
         parser.exit(2, f"keras-hta {args.command}: error: {error.name} is not installed; the experiment "
                        "harness needs its extras: pip install \"keras-hta[experiments]\"\n")
     return 0

@@ -11,6 +11,7 @@ flags sit beside them), then summarised in `results.md` (the paper's Table 2
 and Table 3 formats) and `val_error.png` (Figure 2).
 """
 
+import contextlib
 import json
 import os
 import time
@@ -87,7 +88,7 @@ DATA_SEED = 0  # the validation split and the subsets: the same for every run an
 def _config(args):
     config = data_model_config(args, ("width", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
                                       "weight_decay", "train_size", "test_size", "val_size") + HTA_KEYS, args.arms)
-    l_schedule(config)
+    l_schedule(config, build=False)
     check_norm_flags(config["norm"], config["penalty_update"])
     seeds = getattr(args, "seeds", None) or []
     if any(s < 0 for s in seeds):
@@ -109,19 +110,29 @@ def fit_verbosity(args):
     return args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
 
 
-def l_schedule(config, names=("--L-start", "--L-stop", "--L-step", "--epochs-per-L")):
-    """The linear L schedule of the flags; errors name the flags as typed."""
-    import keras_hta as hta
+def l_schedule(config, names=("--L-start", "--L-stop", "--L-step", "--epochs-per-L"), build=True):
+    """The linear L schedule of the flags; errors name the flags as typed.
+
+    The flags are checked before Keras is imported (`keras_hta.checks`);
+    `build=False` only checks them.
+    """
+    from keras_hta import checks
 
     flags = dict(zip(("start", "stop", "step", "epochs_per_value"), names))
     values = [config["L_start"], config["L_stop"], config["L_step"], config.get("epochs_per_L", 1)]
     try:
-        return hta.schedules.Linear(*values)
+        checks.check_linear(*values[:3])
+        checks.check_epochs_per_value(values[3])
     except (ValueError, TypeError) as error:
         message = str(error)
         for name, flag in flags.items():
             message = message.replace(f"`{name}`", f"`{flag}`").replace(f"{name}=", f"{flag} ")
         raise ValueError(message) from None
+    if not build:
+        return None
+    import keras_hta as hta
+
+    return hta.schedules.Linear(*values)
 
 
 def _positive(config, names, strict=True):
@@ -223,7 +234,11 @@ _STRATEGY = {}
 
 
 def _strategy(multi_worker=False):
-    """One strategy per process: multi-worker from TF_CONFIG, else all local GPUs."""
+    """One strategy per process: multi-worker from TF_CONFIG, else all local GPUs (TensorFlow; None elsewhere)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
     import tensorflow as tf
 
     if "strategy" not in _STRATEGY:
@@ -271,7 +286,7 @@ def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
     if config["lr_schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(config["lr"], steps)
     strategy = _strategy(multi_worker)
-    with strategy.scope():
+    with strategy.scope() if strategy else contextlib.nullcontext():
         keras.utils.set_random_seed(seed)  # same initial weights for every arm
         network = models.get(config["model"], config["width"], len(d["class_names"]), shape)
         model = network
@@ -332,14 +347,14 @@ def summarize(runs):
     return summary
 
 
-def markdown(config, summary, command):
+def markdown(config, summary, command, runs=None):
     name = config["model"] + (f" (width {config['width']:g})" if config["width"] != 1 else "")
     s, h = summary.get("sgd"), summary.get("hta")
     lines = [f"Command: `{command}`", "", f"Data: {config['dataset']}; {config['epochs']} epochs; "
              f"validation {config['val_size']:g} held out of train; "
              f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs each; "
              f"norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, "
-             f"anchor={config['anchor']}", "",
+             f"anchor={config['anchor']}; backend {config.get('backend', 'tensorflow')}", "",
              "Table 2 format (test error after the last epoch, mean over seeds):", "",
              "| Model | Original error rate | Error rate with HTA | Rate of improvement |", "|---|---|---|---|"]
     if s and h:
@@ -353,7 +368,31 @@ def markdown(config, summary, command):
             roi = f"{a['roi_percent']:.2f}%" if "roi_percent" in a else "-"
             lines.append(f"| {name} | {ARM_LABELS[arm]} | {a['seeds']} | {a['val_acc_mean']:.2f}% | {a['acc_mean']:.2f}% "
                          f"| {a['acc_std']:.2f}% | {a['acc_max']:.2f}% | {roi} | {a['seconds_mean']:.1f} |")
+    verdicts = [verdict(arm, summary, runs) for arm in ARMS[1:] if arm in summary and "sgd" in summary]
+    if verdicts:
+        lines += ["", "In words (test accuracy against SGD; stddev over seeds with ddof=0):", ""]
+        lines += [f"- {v}" for v in verdicts]
     return "\n".join(lines) + "\n"
+
+
+def verdict(arm, summary, runs=None):
+    """One sentence: which of `arm` and SGD did better, by how much, and whether Welch's t-test separates them."""
+    a, s = summary[arm], summary["sgd"]
+    gap = a["acc_mean"] - s["acc_mean"]
+    better = f"{ARM_LABELS[arm]} {'above' if gap > 0 else 'below' if gap < 0 else 'level with'} SGD"
+    text = f"{better}: {a['acc_mean']:.2f}% vs {s['acc_mean']:.2f}% ({gap:+.2f} points)"
+    accs = {k: [100.0 - r["test_error"] for r in runs or [] if r and r["arm"] == k] for k in (arm, "sgd")}
+    if min(len(v) for v in accs.values()) < 2:
+        return text + f"; {min(a['seeds'], s['seeds'])} seed(s): no test possible."
+    try:
+        from scipy import stats
+    except ImportError:
+        return text + " (no test: SciPy is not installed)."
+    p = float(stats.ttest_ind(accs[arm], accs["sgd"], equal_var=False).pvalue)
+    if not np.isfinite(p):
+        return text + "; identical results on every seed: no test possible."
+    significant = "significant" if p < 0.05 else "not significant"
+    return text + f"; Welch's t-test p = {p:.2g} over {len(accs[arm])} and {len(accs['sgd'])} seeds: {significant} at 0.05."
 
 
 def write_json_atomic(path, obj):
@@ -361,6 +400,24 @@ def write_json_atomic(path, obj):
     from keras_hta.experiments import write_atomic
 
     write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def check_writable_folder(path, flag="--out"):
+    """Raises a ValueError naming `flag` unless `path` is, or can be made, a writable folder.
+
+    Creates nothing: the folder is made when the first result is written.
+    """
+    folder = os.path.abspath(path)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"Argument `{flag}` cannot be a folder: {existing} is a file. Received: {flag} {path}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"Argument `{flag}` cannot be written: {existing} is read-only. Received: {flag} {path}")
+
+
+RUN_FIELDS = ("arm", "seed", "test_error", "val_error", "val_final_error", "seconds")
 
 
 def read_runs(path):
@@ -371,13 +428,18 @@ def read_runs(path):
         with open(path) as f:
             saved = json.load(f)
         runs = saved["runs"]
+        for i, r in enumerate(runs):
+            missing = [k for k in RUN_FIELDS if k not in r]
+            if missing:
+                raise KeyError(f"run {i} has no {', '.join(missing)}")
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"The results file {path} cannot be read ({type(error).__name__}: {error}). Move it away to keep it "
             "and rerun, or pass another --out."
         ) from None
-    for r in runs:  # files written before runs carried their configuration
+    for r in runs:  # files written before runs carried their configuration, or their backend
         r.setdefault("config", run_config(saved.get("config", {}), r["arm"]))
+        r["config"].setdefault("backend", "tensorflow")
     return runs
 
 
@@ -387,6 +449,10 @@ def run_compare(args, command=None):
     from keras_hta.experiments.plots import plot_error_curves
 
     config = _config(args)
+    check_writable_folder(args.out)
+    import keras  # after the flags are checked
+
+    config["backend"] = keras.backend.backend()  # recorded, and part of each run's key
     command = command or getattr(args, "command_line", None) or "keras-hta " + " ".join(sys.argv[1:])
     verbose = fit_verbosity(args)
     if args.multi_worker:
@@ -394,7 +460,6 @@ def run_compare(args, command=None):
         index = _non_chief_index()
         if index is not None:  # only the chief writes the results
             args.out = os.path.join(args.out, f"worker{index}")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
     runs = read_runs(path)
 
@@ -414,14 +479,17 @@ def run_compare(args, command=None):
                 d = load_data(config, args.tfds_dir, args.cache_dir)
             print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==", flush=True)
             runs.append(train_one(config, arm, seed, d, verbose, args.multi_worker))
+            os.makedirs(args.out, exist_ok=True)  # only once a run has finished: a failed start leaves nothing
             write_json_atomic(path, {"command": command, "runs": runs})  # saved run by run
     # The file keeps every finished run; the summary covers this call's configuration, seeds and arms.
     selected = [finished(arm, seed) for seed in args.seeds for arm in args.arms]
     summary = summarize(selected)
+    os.makedirs(args.out, exist_ok=True)
     write_json_atomic(path, {"command": command, "config": config, "runs": runs, "summary": summary})
-    table = markdown(config, summary, command)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table)
+    table = markdown(config, summary, command, selected)
+    from keras_hta.experiments import write_atomic
+
+    write_atomic(os.path.join(args.out, "results.md"), lambda f: f.write(table))
     curves = {ARM_LABELS[arm]: [r["val_error"] for r in selected if r["arm"] == arm] for arm in args.arms}
     l_values = next((r["homotopy_l"] for r in selected if r["homotopy_l"]), None)
     plot_error_curves(os.path.join(args.out, "val_error.png"), curves, l_values,

@@ -1,8 +1,12 @@
-"""Data: CIFAR-10 (tfds or an image folder / .tar.gz) and MNIST-1D, as tf.data.
+"""Data: CIFAR-10 (tfds or an image folder / .tar.gz) and MNIST-1D, as batches for `fit`.
 
 Images get the paper's preprocessing: random horizontal flip and random crop
 (pad 4) for training, per-channel normalisation for both splits. Decoded
-images are kept in memory, so each epoch only augments.
+images are kept in memory, so each epoch only augments. On the TensorFlow
+backend the batches come from tf.data; on JAX and PyTorch from NumPy
+(`ArrayBatches`, a `keras.utils.PyDataset`), and images are decoded with
+Pillow, so no TensorFlow is needed there. Either way every batch is a
+function of the seed alone, so each seed gives every arm the same batches.
 
 The cache: archives are extracted, and decoded image folders saved as .npy
 arrays, under `~/.keras/keras_hta` (about 200 MB per CIFAR-10 split set), or
@@ -22,7 +26,6 @@ import tarfile
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 
 from keras_hta.experiments import DataUnavailableError  # noqa: F401  (raised here; the CLI catches it)
 from keras_hta.experiments import write_atomic
@@ -79,9 +82,40 @@ def _list_split(split_dir, class_names=None):
     return paths, np.array(labels, "int32"), list(class_names)
 
 
-def _decode_all(paths, image_size):
-    """Decodes every file in tf.data (no Python loop per image); names bad files."""
+def _use_tensorflow():
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def _decode_pillow(paths, image_size):
+    """Decodes every file with Pillow; returns the images and the paths that decoded."""
+    from PIL import Image
+
     h, w = image_size
+    images, decoded = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError):
+            continue
+        if array.shape == (h, w, 3):
+            images.append(array)
+            decoded.append(path)
+    return np.stack(images) if images else np.zeros((0, h, w, 3), "uint8"), decoded
+
+
+def _decode_all(paths, image_size):
+    """Decodes every file (tf.data on TensorFlow, else Pillow); names bad files."""
+    h, w = image_size
+    if not _use_tensorflow():
+        images, decoded = _decode_pillow(paths, image_size)
+        bad = sorted(set(paths) - set(decoded))
+        if bad:
+            raise ValueError(f"{len(bad)} file(s) could not be read as {h}x{w} RGB images, e.g. {bad[:3]}")
+        return images
+    import tensorflow as tf
 
     def decode(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -274,17 +308,92 @@ def channel_stats(images):
     return x.mean(0).astype("float32"), x.std(0).astype("float32")
 
 
+def _augment(images, rng, pad):
+    """Random horizontal flips and pad-`pad` random crops of a float batch, vectorised."""
+    n, h, w = images.shape[:3]
+    flip = rng.random(n) < 0.5
+    images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    top, left = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
+    rows = (top[:, None] + np.arange(h))[:, :, None]
+    cols = (left[:, None] + np.arange(w))[:, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols]
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+class ArrayBatches(_keras().utils.PyDataset):
+    """Batches of in-memory arrays for `fit`, without TensorFlow.
+
+    For training (`seed` given) the order is reshuffled every epoch and,
+    with `augment`, every image flipped and cropped; the random numbers of
+    batch i of epoch e come from `numpy.random.default_rng([seed, e, i])`,
+    so the batches are a function of the seed alone (also with workers).
+    Images (uint8) are normalised as `(x/255 − mean)/std`.
+
+    Args:
+        x, y: Arrays with the examples on the first axis.
+        batch_size: Integer.
+        seed: Integer or `None` (no shuffling: evaluation).
+        mean, std: Per-channel arrays for uint8 images, else `None`.
+        augment: Boolean, flip and pad-`pad` crop (images only).
+        pad: Integer.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.
+    """
+
+    def __init__(self, x, y, batch_size, seed=None, mean=None, std=None, augment=False, pad=4, **kwargs):
+        super().__init__(**kwargs)
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+        self.seed, self.augment, self.pad = seed, augment, pad
+        self.mean = None if mean is None else np.asarray(mean, "float32")
+        self.std = None if std is None else np.asarray(std, "float32")
+        self.epoch = 0
+        self._order = self._shuffled()
+
+    def _shuffled(self):
+        if self.seed is None:
+            return np.arange(len(self.x))
+        return np.random.default_rng([int(self.seed), self.epoch]).permutation(len(self.x))
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        x, y = self.x[chosen], self.y[chosen]
+        if x.dtype == np.uint8:
+            x = x.astype("float32") / 255.0
+            if self.augment:
+                x = _augment(x, np.random.default_rng([int(self.seed or 0), self.epoch, index]), self.pad)
+            x = (x - self.mean) / self.std
+        return x, y
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._shuffled()
+
+
 def image_pipeline(x, y, batch_size, training, mean, std, seed=None, pad=4):
-    """A tf.data pipeline of normalised images, augmented when `training`.
+    """Batches of normalised images, augmented when `training`.
 
     Training: shuffle, random horizontal flip, random crop after zero
     padding by `pad`, then `(x/255 − mean)/std`. Otherwise only the
-    normalisation. Batches are prefetched. The shuffle and the augmentation
-    are functions of `seed` and TensorFlow's global seed (stateless random
-    ops, their keys drawn from a seeded stream, so the parallel map cannot
-    reorder them): two pipelines built after `keras.utils.set_random_seed(s)`
-    with one `seed` yield identical batches, epoch after epoch.
+    normalisation. On TensorFlow a prefetched tf.data pipeline whose shuffle
+    and augmentation are functions of `seed` and TensorFlow's global seed
+    (stateless random ops, their keys drawn from a seeded stream, so the
+    parallel map cannot reorder them): two pipelines built after
+    `keras.utils.set_random_seed(s)` with one `seed` yield identical batches,
+    epoch after epoch. Elsewhere an `ArrayBatches`, seeded the same way.
     """
+    if not _use_tensorflow():
+        seed = (0 if seed is None else int(seed)) if training else None
+        return ArrayBatches(x, y, batch_size, seed=seed, mean=mean, std=std, augment=training, pad=pad)
+    import tensorflow as tf
+
     mean = tf.constant(mean, tf.float32)
     std = tf.constant(std, tf.float32)
     h, w = x.shape[1:3]
@@ -313,6 +422,10 @@ def image_pipeline(x, y, batch_size, training, mean, std, seed=None, pad=4):
 
 def array_pipeline(x, y, batch_size, training, seed=None):
     """Batches (and, for training, shuffles with `seed`) an in-memory data set."""
+    if not _use_tensorflow():
+        return ArrayBatches(x, y, batch_size, seed=(0 if seed is None else int(seed)) if training else None)
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if training:
         ds = ds.shuffle(len(x), seed=0 if seed is None else int(seed), reshuffle_each_iteration=True)

@@ -3,6 +3,8 @@ Figure 2 (validation error per epoch, with L on a second axis)."""
 
 import numpy as np
 
+from keras_hta.experiments import write_atomic
+
 
 def _pyplot():
     import matplotlib
@@ -52,7 +54,7 @@ def plot_nonconvex(path, starts=((5.0, 4.0), (0.0, 5.0), (4.0, 0.0)), schedule=N
     ax.set_title("Eq. (33), n = 2, k = 10, A = 1")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"), mode="wb")
     plt.close(fig)
     return path
 
@@ -75,7 +77,7 @@ def plot_error_curves(path, curves, l_values=None, title="Validation error"):
     for label, runs in curves.items():
         runs = np.asarray(runs, float)
         epochs = np.arange(1, runs.shape[1] + 1)
-        ax.plot(epochs, runs.mean(0), label=label)
+        ax.plot(epochs, runs.mean(0), marker="o" if len(epochs) < 30 else None, ms=4, label=label)
         if len(runs) > 1:
             ax.fill_between(epochs, runs.min(0), runs.max(0), alpha=0.2)
     ax.set_xlabel("epoch")
@@ -89,6 +91,6 @@ def plot_error_curves(path, curves, l_values=None, title="Validation error"):
         ax2.legend(loc="upper center", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"), mode="wb")
     plt.close(fig)
     return path

@@ -21,24 +21,24 @@ def add_tune_parser(sub):
     p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
                    help="proximal (default: the penalties applied exactly) or gradient (an explicit step)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--directory", default="tune_results", help="keras-tuner's folder (default tune_results)")
+    p.add_argument("--directory", default="tune_results", help="keras-tuner's folder")
     p.set_defaults(func=run_tune, epochs=6)
 
 
 def run_tune(args):
-    import keras
-    import keras_tuner
-    import tensorflow as tf
-
-    from keras_hta.tuning import HomotopyHyperModel
-
-    from keras_hta.experiments import compare, models
+    from keras_hta.experiments import compare
 
     config = compare.data_model_config(args, ("width", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                                               "train_size", "test_size", "val_size"))
     if args.max_trials < 1:
         raise ValueError(f"Argument `--max-trials` must be >= 1. Received: --max-trials {args.max_trials}")
     compare.check_norm_flags(args.norm, args.penalty_update)
+    import keras  # after every flag is checked
+    import keras_tuner
+
+    from keras_hta.tuning import HomotopyHyperModel
+
+    from keras_hta.experiments import models
     verbose = compare.fit_verbosity(args)
     d = compare.load_data(config, args.tfds_dir, args.cache_dir)
     keras.utils.set_random_seed(args.seed)
@@ -59,9 +59,11 @@ def run_tune(args):
     hypermodel = HomotopyHyperModel(build, norm=args.norm, penalty_update=args.penalty_update)
     common = dict(objective="val_accuracy", directory=args.directory, project_name=config["model"],
                   seed=args.seed, overwrite=True)
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        common["distribution_strategy"] = tf.distribute.MirroredStrategy()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            common["distribution_strategy"] = tf.distribute.MirroredStrategy()
     if args.tuner == "hyperband":
         tuner = keras_tuner.Hyperband(hypermodel, max_epochs=config["epochs"], **common)
     elif args.tuner == "bayesian":
@@ -77,7 +79,8 @@ def run_tune(args):
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: -(t.score or 0)):
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (trial.hyperparameters.get(n) for n in names)]
         score = "failed" if trial.score is None else f"{trial.score:.4f}"
-        print(f"| {trial.trial_id} | {score} | " + " | ".join(cells) + " |")
+        number = int(trial.trial_id) + 1 if str(trial.trial_id).isdigit() else trial.trial_id  # as its log counts
+        print(f"| {number} | {score} | " + " | ".join(cells) + " |")
     best = HomotopyHyperModel.schedule_from_hp(tuner.get_best_hyperparameters()[0])
     print(f"\nBest schedule: {best!r}")
     return best

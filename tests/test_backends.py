@@ -1,0 +1,264 @@
+"""HomotopyModel on every Keras backend: without TensorFlow, across backends, and
+distributed with `keras.distribution` on JAX."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras
+import keras_hta as hta
+from conftest import BACKEND, dense_network, regression_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OTHER_BACKENDS = [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)]
+
+# Runs in a fresh process where `import tensorflow` fails (as where it is not
+# installed): one proximal step against the closed form computed here in
+# float64 from the weights before and the optimizer's step, merge, and a .keras
+# round trip; prints what it measured as JSON.
+_WITHOUT_TF = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError
+    import numpy as np, keras, keras_hta as hta
+    assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    inputs = keras.Input((4,))
+    network = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(3, activation="tanh")(inputs)))
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.05, anchor="init", split="random", seed=1)
+    model.twins[0].set_weights([w + 0.3 for w in model.twins[0].get_weights()])
+    lr = 0.2
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    before = [[np.asarray(v, np.float64) for v in ws] for ws in model._paired]
+    anchors = [np.asarray(keras.ops.convert_to_numpy(a), np.float64) for a in model.anchors]
+    masks = [[keras.ops.convert_to_numpy(m) for m in ms] for ms in model.anchor_masks]
+    # f's gradient per twin, from a plain copy of each twin on the same batch
+    grads = []
+    for net in model.nets:
+        plain = keras.models.clone_model(net); plain.set_weights(net.get_weights())
+        plain.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+        start = [np.asarray(w, np.float64) for w in plain.get_weights()]
+        plain.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)  # w - 1.0 * grad
+        grads.append([s - np.asarray(w, np.float64) for s, w in zip(start, plain.get_weights())])
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    c, d, m = 2 * lr / 0.05, 2 * lr * 0.05, 2
+    worst = 0.0
+    for i in range(len(before[0])):
+        w_prime = [before[k][i] - lr * grads[k][i] for k in range(m)]
+        for index in np.ndindex(w_prime[0].shape):
+            a = np.array([masks[k][i][index] for k in range(m)])
+            system = np.diag(1 + c * m + d * a) - c * np.ones((m, m))
+            want = np.linalg.solve(system, np.array([w[index] for w in w_prime]) + d * a * anchors[i][index])
+            got = np.array([np.asarray(model._paired[k][i])[index] for k in range(m)])
+            worst = max(worst, float(np.max(np.abs(got - want))))
+    merged = hta.merge(model)
+    merge_gap = float(np.max(np.abs(merged.predict(x, verbose=0) - model.predict(x, verbose=0))))
+    model.save(sys.argv[2])
+    restored = keras.models.load_model(sys.argv[2])
+    reload_gap = float(np.max(np.abs(restored.predict(x, verbose=0) - model.predict(x, verbose=0))))
+    print(json.dumps({"step": worst, "merge": merge_gap, "reload": reload_gap,
+                      "tensorflow": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None}))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("jax", "torch") if b in OTHER_BACKENDS])
+def test_without_tensorflow_one_proximal_step_merge_and_reload(backend, tmp_path):
+    if BACKEND != "tensorflow":
+        pytest.skip("runs once, in the TensorFlow pass, for each other backend installed")
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_TF, backend, str(tmp_path / "m.keras")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not got["tensorflow"]
+    assert got["step"] < 1e-6, got  # one proximal step = the float64 closed form
+    assert got["merge"] < 1e-6 and got["reload"] < 1e-6, got
+
+
+@pytest.mark.parametrize("target", OTHER_BACKENDS)
+def test_a_model_saved_on_this_backend_loads_on_every_other(target, tmp_path):
+    if target == BACKEND:
+        pytest.skip("the same backend: tests/test_homotopy_model_saving.py")
+    x, y = regression_data(n=32)
+    model = hta.HomotopyModel.from_model(dense_network(hidden=5, batch_norm=True), homotopy_l=0.1)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[hta.HomotopyScheduler(hta.schedules.Piecewise([1], [0.1, 0.05]))])
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", model.predict(x, verbose=0))
+    np.save(tmp_path / "want_eta.npy", model.twins[0].predict(x, verbose=0))
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np, keras, keras_hta as hta
+        model = keras.models.load_model("m.keras")
+        x = np.load("x.npy")
+        assert abs(float(model.homotopy_l.numpy()) - 0.05) < 1e-7 and int(model.homotopy_epoch.numpy()) == 2
+        np.testing.assert_allclose(model.predict(x, verbose=0), np.load("want.npy"), atol=1e-5)
+        np.testing.assert_allclose(model.twins[0].predict(x, verbose=0), np.load("want_eta.npy"), atol=1e-5)
+        np.testing.assert_allclose(hta.merge(model).predict(x, verbose=0), np.load("want.npy"), atol=1e-5)
+        model.fit(x, x[:, :3], epochs=1, verbose=0)  # and it trains there
+        print("ok", keras.backend.backend())
+        """
+    )
+    env = dict(os.environ, KERAS_BACKEND=target, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == f"ok {target}"
+
+
+def _train_data_parallel(devices, x, y):
+    if devices is None:
+        keras.distribution.set_distribution(None)
+    else:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    try:
+        keras.utils.set_random_seed(11)
+        model = hta.HomotopyModel.from_model(dense_network(hidden=8, batch_norm=True), split="random", seed=2,
+                                             homotopy_l=0.5)
+        model.twins[0].set_weights([w * 1.1 for w in model.twins[0].get_weights()])
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
+                            callbacks=[hta.HomotopyScheduler(hta.schedules.Geometric(0.5, 0.1, 0.5))])
+        return [np.asarray(w) for w in model.weights], history.history
+    finally:
+        keras.distribution.set_distribution(None)
+
+
+def test_jax_data_parallel_over_two_devices_equals_one_device():
+    if BACKEND != "jax":
+        pytest.skip("keras.distribution.DataParallel: the JAX backend")
+    import jax
+
+    devices = keras.distribution.list_devices("cpu")
+    if len(devices) < 2:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set by conftest)")
+    x, y = regression_data(n=64)
+    single, h1 = _train_data_parallel(None, x, y)
+    double, h2 = _train_data_parallel(devices[:2], x, y)
+    assert len(jax.devices()) >= 2
+    for a, b in zip(single, double):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for key in ("loss", "f_theta", "f_eta", "coupling", "anchor_penalty", "homotopy_l"):
+        np.testing.assert_allclose(h1[key], h2[key], rtol=1e-5, err_msg=key)
+    assert h2["coupling"][-1] > 0 and single[0].shape == double[0].shape
+
+
+def test_jit_compile_where_the_backend_supports_it():
+    """`jit_compile=True` (XLA on TensorFlow and JAX) trains exactly as the default step."""
+    if BACKEND == "torch":
+        pytest.skip("torch.compile of the twins' step is not supported (README: backends)")
+    x, y = regression_data(n=32)
+    weights = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(3)
+        model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=0.05, anchor="init")
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse", jit_compile=jit)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        weights.append([np.asarray(w) for w in model.weights])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_export_saved_model_on_torch_says_what_to_do(tmp_path):
+    if BACKEND != "torch":
+        pytest.skip("the torch backend: tests/test_export.py exports on the others")
+    model = hta.HomotopyModel.from_model(dense_network())
+    with pytest.raises(ValueError, match="torch backend.*KERAS_BACKEND=tensorflow or jax"):
+        hta.export_saved_model(model, tmp_path / "served")
+    assert not (tmp_path / "served").exists()
+
+
+def test_jit_compile_on_torch_is_refused_at_compile():
+    if BACKEND != "torch":
+        pytest.skip("the torch backend")
+    model = hta.HomotopyModel.from_model(dense_network())
+    with pytest.raises(ValueError, match="jit_compile.*torch"):
+        model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_exactly(tmp_path):
+    """A run interrupted after epoch 2 and resumed by BackupAndRestore ends as an uninterrupted one."""
+    x, y = regression_data(n=32)
+    schedule = hta.schedules.Linear(0.5, 0.1, -0.1)
+
+    def model():
+        keras.utils.set_random_seed(5)
+        m = hta.HomotopyModel.from_model(dense_network(hidden=5, batch_norm=True), homotopy_l=0.5, anchor="init")
+        m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        return m
+
+    whole = model()
+    whole.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[hta.HomotopyScheduler(schedule)])
+    resumed = model()
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        resumed.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[
+            hta.HomotopyScheduler(schedule), keras.callbacks.BackupAndRestore(backup), _Interrupt()])
+    resumed = model()  # a fresh process would start here
+    history = resumed.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[
+        hta.HomotopyScheduler(schedule), keras.callbacks.BackupAndRestore(backup)])
+    np.testing.assert_allclose(history.history["homotopy_l"], [0.3, 0.2], rtol=1e-6)  # epochs 2 and 3 only
+    for a, b in zip(whole.weights, resumed.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=a.path)
+    for a, b in zip(whole.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=a.path)
+
+
+def test_the_harness_runs_on_this_backend(tmp_path):
+    """`keras-hta compare` (MNIST-1D), as on any backend; the backend is recorded."""
+    from keras_hta.experiments import cli
+
+    out = tmp_path / "cmp"
+    cli.main(["compare", "--epochs", "1", "--seeds", "0", "--train-size", "600", "--verbose", "0", "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["backend"] == BACKEND
+    assert {r["arm"] for r in saved["runs"]} == {"sgd", "hta"}
+    assert all(r["config"]["backend"] == BACKEND and r["finite"] for r in saved["runs"])
+    assert f"backend {BACKEND}" in (out / "results.md").read_text()
+
+
+def test_numpy_image_batches_are_seeded_and_augment_by_flip_and_crop():
+    from keras_hta.experiments import data
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(10, 6, 5, 3), dtype=np.uint8)
+    labels = np.arange(10)
+    mean, std = np.array([0.5, 0.4, 0.3], "float32"), np.array([0.2, 0.25, 0.3], "float32")
+    a = data.ArrayBatches(images, labels, 4, seed=7, mean=mean, std=std, augment=True, pad=2)
+    b = data.ArrayBatches(images, labels, 4, seed=7, mean=mean, std=std, augment=True, pad=2)
+    assert len(a) == 3
+    for epoch in range(2):
+        seen = []
+        for i in range(len(a)):
+            (xa, ya), (xb, yb) = a[i], b[i]
+            np.testing.assert_array_equal(xa, xb)  # a function of the seed alone
+            np.testing.assert_array_equal(ya, yb)
+            for image, label in zip(xa, ya):  # some flip + crop of the zero-padded original
+                padded = np.pad(images[label] / 255.0, ((2, 2), (2, 2), (0, 0)))
+                options = [(np.flip(padded, 1) if flip else padded)[t:t + 6, l:l + 5]
+                           for flip in (0, 1) for t in range(5) for l in range(5)]
+                assert min(np.abs((o - mean) / std - image).max() for o in options) < 1e-5
+            seen += ya.tolist()
+        assert sorted(seen) == labels.tolist()  # every example once per epoch
+        a.on_epoch_end()
+        b.on_epoch_end()
+    plain = data.ArrayBatches(images, labels, 4, mean=mean, std=std)  # evaluation: in order, only normalised
+    x0, y0 = plain[0]
+    np.testing.assert_array_equal(y0, [0, 1, 2, 3])
+    np.testing.assert_allclose(x0, (images[:4] / 255.0 - mean) / std, atol=1e-6)
