@@ -100,8 +100,20 @@ def test_proximal_update_limits_in_l():
 def test_penalty_curvature_and_sgd_limit():
     from keras_hta.penalties import penalty_curvature, sgd_divergence_limit
 
-    for L in (0.01, 0.3, 5.0):
+    for L in np.logspace(-5, 3, 17):  # the whole range of L: the closed form has no cancelling difference
         assert penalty_curvature(L) == pytest.approx(L + 2 / L + np.sqrt(L**2 + 4 / L**2), rel=1e-12)
+
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    for L in np.logspace(-5, 3, 9):
+        for m in (2, 3, 4):  # against the Hessian's eigenvalues at 40 digits
+            hessian = mpmath.matrix(m, m)
+            for i in range(m):
+                for j in range(m):
+                    hessian[i, j] = (2 / mpmath.mpf(L)) * ((m if i == j else 0) - 1)
+                hessian[i, i] += 2 * mpmath.mpf(L) * (0 if i == 0 else 1)
+            exact = max(mpmath.eigsy(hessian, eigvals_only=True))
+            assert penalty_curvature(L, m) == pytest.approx(float(exact), rel=1e-12)
     assert sgd_divergence_limit(0.9) == pytest.approx(3.8)
     assert sgd_divergence_limit(0.9, nesterov=True) == pytest.approx(3.8 / 2.8)
 
