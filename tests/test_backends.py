@@ -262,3 +262,33 @@ def test_numpy_image_batches_are_seeded_and_augment_by_flip_and_crop():
     x0, y0 = plain[0]
     np.testing.assert_array_equal(y0, [0, 1, 2, 3])
     np.testing.assert_allclose(x0, (images[:4] / 255.0 - mean) / std, atol=1e-6)
+
+
+def test_decoded_images_are_cached_per_decoder(tmp_path):
+    """TensorFlow's and Pillow's JPEG decoders differ by a few levels: one's arrays are never served to the other."""
+    from PIL import Image
+
+    from keras_hta.experiments import data
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "img" / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / name / f"{i}.jpg", quality=75)
+    loaded = data.load_image_folder(tmp_path / "img", image_size=(8, 8), cache_dir=tmp_path / "cache")
+    cached = sorted(p.name for p in (tmp_path / "cache" / "decoded").iterdir())
+    assert len(cached) == 2
+    if BACKEND != "tensorflow":  # Pillow decoded them, under keys TensorFlow does not use
+        paths = sorted((tmp_path / "img" / "train").rglob("*.jpg"))
+        want = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+        np.testing.assert_array_equal(loaded["x_train"], want)
+    other = "jax" if BACKEND == "tensorflow" else "tensorflow"
+    if other in OTHER_BACKENDS:
+        script = ("import sys; from keras_hta.experiments import data; "
+                  f"data.load_image_folder({str(tmp_path / 'img')!r}, image_size=(8, 8), cache_dir={str(tmp_path / 'cache')!r})")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=ROOT))
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 4  # its own two entries
