@@ -5,7 +5,7 @@
    the layers) to `compute_loss` through the model's private
    `_losses_override`. `HomotopyModel.losses` reads them there, so that f(θ)
    keeps its `add_loss` terms on JAX; where the attribute is gone, the
-   public `network.losses` is used (and `tests/test_backends.py` fails,
+   public `network.losses` is used (and `tests/test_guide_models.py` fails,
    saying so).
 
 2. `portable_compile_config(config)`: a saved optimizer's class is recorded
