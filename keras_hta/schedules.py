@@ -7,8 +7,6 @@ a flat `get_config()`; any Python callable `position -> L` is accepted by the
 callback as well.
 """
 
-import math
-
 import keras
 from keras_hta.checks import check_epochs_per_value as _check_epochs_per_value
 from keras_hta.checks import check_linear

@@ -26,6 +26,7 @@ import shutil
 import tarfile
 import tempfile
 
+import keras
 import numpy as np
 
 from keras_hta.experiments import DataUnavailableError  # noqa: F401  (raised here; the CLI catches it)
@@ -84,8 +85,6 @@ def _list_split(split_dir, class_names=None):
 
 
 def _use_tensorflow():
-    import keras
-
     return keras.backend.backend() == "tensorflow"
 
 
@@ -326,13 +325,7 @@ def _augment(images, rng, pad):
     return padded[np.arange(n)[:, None, None], rows, cols]
 
 
-def _keras():
-    import keras
-
-    return keras
-
-
-class ArrayBatches(_keras().utils.PyDataset):
+class ArrayBatches(keras.utils.PyDataset):
     """Batches of in-memory arrays for `fit`, without TensorFlow.
 
     For training (`seed` given) the order is reshuffled every epoch and,
