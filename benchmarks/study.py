@@ -1,32 +1,47 @@
-"""The study (issue #12): where does HTA help? Equal-budget tuning, then seeded final runs.
+"""The study (issues #12, #20): where does HTA help? Equal-budget tuning, then paired seeded final runs.
 
 Protocol, per data set:
   1. Tune every arm with the same keras-tuner budget (RandomSearch, `--trials`
-     trials of `--epochs` epochs, seed 0, objective: the validation accuracy of
-     the model as it would be deployed: θ, EMA weights, or the merged average).
-     SGD (momentum 0.9, cosine learning-rate decay) tunes the learning rate and
+     trials of `--epochs` epochs on seed 0, every trial drawn at random, the
+     first included; objective: the validation accuracy of the model as it
+     would be deployed: θ, the EMA weights, or the merged average). SGD
+     (momentum 0.9, cosine learning-rate decay) tunes the learning rate and
      weight decay, and so does SGD + EMA; every HTA arm takes the tuned SGD's
-     optimizer and tunes its L schedule and what its hypothesis leaves free.
+     optimizer and tunes what its hypothesis leaves free (the L schedule, the
+     anchor, the split). Each arm's trials are kept in order, so the report
+     says which trial won.
   2. Final runs of each arm's best configuration with seeds 1..`--seeds`
-     (never the tuning seed): test accuracy (read once per run), rate of
-     improvement of the mean test error over SGD and over SGD + EMA, Welch's
-     t-test p-value against SGD, seconds per run. The same-compute row gives
-     SGD twice the epochs (an HTA step costs up to two SGD steps), and the
-     paper's setting row trains SGD at a constant learning rate.
+     (never the tuning seed); a seed gives every arm the same initial weights
+     and batches, so arms are compared seed by seed: the mean per-seed
+     difference in test accuracy (read once per run) with its 95% t interval,
+     the paired t-test and the Wilcoxon signed-rank test, and the minimum
+     detectable difference (paired t-test, alpha 0.05, power 0.8, at the
+     observed sd of the differences). Holm's correction across every data set's
+     HTA-vs-SGD tests is applied by `benchmarks/study_report.py`.
 
-Arms (hypotheses of issue #12): sgd, sgd_ema, sgd_2x (same compute),
-sgd_constant (the paper's constant rate); h1_paper_zeros / h1_paper_init (the
-paper's L 0.01 -> 0.005 by 0.001), h2_homotopy_init / h2_homotopy_zeros (a true
-homotopy: geometric L from [1, 10] down to [1e-4, 1e-3]), h3_elastic_split
-(`twin_batch="split"`, then `merge(how="average", recompute_bn=...)`), h4_m3 /
-h4_m4 (3 and 4 twins), h5_layers / h5_random (other splits; channels is the
-default of every other arm), h6_long_final (L reaches its last value in the
-first quarter of the run and stays there), h7_ema (HTA with the optimizer's EMA).
+Controls (final runs only, with the tuned SGD's settings): sgd_2x (twice the
+epochs: an HTA step costs up to two SGD steps) and sgd_decay (SGD plus the
+weight decay HTA's zero anchors add: with twins that start equal and see the
+same batches, the exact penalty step shrinks every weight by a factor
+1/(1 + γ·L) per step, γ the learning rate; sgd_decay adds a decoupled decay
+of γ·L per step, L following the paper's schedule of h1_paper_zeros).
 
-Usage (resumable run by run; results under benchmarks/results/study-<data>/):
-    python benchmarks/study.py mnist1d-cnn     # about 20 minutes on 2 CPU cores
-    python benchmarks/study.py mnist1d-mlp
-    python benchmarks/study.py cifar10 --trials 2 --epochs 8 --seeds 3
+Arms (hypotheses of issue #12): sgd, sgd_ema; h1_paper_zeros / h1_paper_init
+(the paper's L 0.01 -> 0.005 by 0.001), h2_homotopy_init / h2_homotopy_zeros (a
+true homotopy: geometric L from [1, 10] down to [1e-4, 1e-3]), h3_elastic_split
+(`twin_batch="split"`, then `merge(how="average", recompute_bn=...)`),
+hta_tuned (two twins; L schedule, anchor and split all tuned); from the first
+study, still runnable with `--arms`: h4_m3 / h4_m4 (3 and 4 twins), h5_layers /
+h5_random (other splits), h6_long_final (the last L for three quarters of the
+run), h7_ema (HTA with the optimizer's EMA), sgd_constant (the paper's constant
+rate).
+
+Usage (resumable run by run; results under benchmarks/results/study-<data>/;
+a study keeps the backend it started on):
+    KERAS_BACKEND=jax python benchmarks/study.py mnist1d-cnn   # about 30 minutes on one CPU core
+    KERAS_BACKEND=jax python benchmarks/study.py mnist1d-mlp
+    python benchmarks/study.py cifar10 --trials 2 --epochs 6 --seeds 3 --train-size 10000 --arms ...
+    python benchmarks/study_report.py
 """
 
 import argparse
@@ -54,6 +69,7 @@ ARMS = {
     "h2_homotopy_init": {"schedule": "homotopy", "anchor": "init"},
     "h2_homotopy_zeros": {"schedule": "homotopy", "anchor": "zeros"},
     "h3_elastic_split": {"schedule": "free", "twin_batch": "split", "merge": "average"},
+    "hta_tuned": {"schedule": "free", "split": "tuned"},
     "h4_m3": {"schedule": "free", "num_groups": 3},
     "h4_m4": {"schedule": "free", "num_groups": 4},
     "h5_layers": {"schedule": "free", "split": "layers"},
@@ -61,7 +77,17 @@ ARMS = {
     "h6_long_final": {"schedule": "long_final"},
     "h7_ema": {"schedule": "free", "ema": True},
 }
-EXTRA_ROWS = ("sgd_2x", "sgd_constant")  # final runs only, with the tuned SGD's settings
+EXTRA_ROWS = ("sgd_2x", "sgd_decay", "sgd_constant")  # final runs only, with the tuned SGD's settings
+DEFAULT_ARMS = ["sgd", "sgd_ema", "h1_paper_zeros", "h1_paper_init", "h2_homotopy_init", "h3_elastic_split",
+                "hta_tuned", "sgd_2x", "sgd_decay"]
+CONTROLS = {"sgd_decay": "h1_paper_zeros"}  # control arm: the HTA arm whose hidden decay it applies
+
+
+def paper_schedule(epochs):
+    """The paper's L values 0.01 -> 0.005 by 0.001, six values over the run (its 4 epochs each of 24)."""
+    from keras_hta import schedules
+
+    return schedules.Linear(0.01, 0.005, -0.001, max(1, epochs // 6))
 
 
 def schedule_for(arm, hp, epochs):
@@ -69,8 +95,8 @@ def schedule_for(arm, hp, epochs):
     from keras_hta import schedules
 
     spec = ARMS[arm]["schedule"]
-    if spec == "paper":  # six values over the run, as the paper's 4 epochs each of 24
-        return schedules.Linear(0.01, 0.005, -0.001, max(1, epochs // 6))
+    if spec == "paper":
+        return paper_schedule(epochs)
     if spec == "homotopy":
         start = hp.Float("l_start", 1.0, 10.0, sampling="log")
         stop = hp.Float("l_stop", 1e-4, 1e-3, sampling="log")
@@ -87,6 +113,71 @@ def schedule_for(arm, hp, epochs):
     return schedules.Linear(start, stop, (stop - start) / max(values - 1, 1), epochs_per_value)
 
 
+def configuration(arm, hp, epochs, sgd_settings=None):
+    """The run's settings, drawn from `hp` (keras-tuner's HyperParameters, or FixedHP to replay a trial).
+
+    Calling it on an empty `keras_tuner.HyperParameters()` declares the arm's
+    whole search space, so that RandomSearch draws even its first trial.
+    """
+    spec = ARMS.get(arm, ARMS["sgd"])
+    if spec.get("kind") == "sgd" and arm in ARMS:  # the baselines tune their own optimizer
+        config = {"lr": hp.Float("lr", 0.005, 0.3, sampling="log"),
+                  "weight_decay": hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")}
+    else:
+        config = {"lr": sgd_settings["lr"], "weight_decay": sgd_settings["weight_decay"]}
+    if spec.get("kind") != "sgd":
+        config["anchor"] = spec.get("anchor") or hp.Choice("anchor", ["zeros", "init"])
+        split = spec.get("split", "channels")
+        config["split"] = hp.Choice("split", ["channels", "layers", "random"]) if split == "tuned" else split
+        config["schedule"] = schedule_for(arm, hp, epochs)
+    return config
+
+
+def tunable(arm):
+    """Whether the arm has a search space (the paper's schedule and the controls have none)."""
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    configuration(arm, hp, 24, {"lr": 0.1, "weight_decay": 0.0})
+    return bool(hp.space)
+
+
+def decayed_sgd(*args, **kwargs):
+    """`keras.optimizers.SGD` plus a decoupled decay of `lr * extra_decay * w` per step (sgd_decay's control).
+
+    `extra_decay` is an optimizer variable, so a callback can assign it
+    between epochs on every backend.
+    """
+    import keras
+    from keras import ops
+
+    class DecayedSGD(keras.optimizers.SGD):
+        def build(self, variables):
+            super().build(variables)
+            self.extra_decay = self.add_variable((), initializer="zeros", name="extra_decay")
+
+        def update_step(self, gradient, variable, learning_rate):
+            rate = ops.cast(learning_rate, variable.dtype) * ops.cast(self.extra_decay, variable.dtype)
+            self.assign_sub(variable, variable * rate)
+            super().update_step(gradient, variable, learning_rate)
+
+    return DecayedSGD(*args, **kwargs)
+
+
+def decay_callback(schedule):
+    """A callback that sets the optimizer's `extra_decay` to `schedule(epoch)` at each epoch's start."""
+    import keras
+
+    class DecaySchedule(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            optimizer = self.model.optimizer
+            if not optimizer.built:  # TensorFlow builds it in the first step, after this
+                optimizer.build(self.model.trainable_variables)
+            optimizer.extra_decay.assign(float(schedule(epoch)))
+
+    return DecaySchedule()
+
+
 def train(arm, hp, d, config, seed, epochs, sgd_settings, final=False, verbose=0):
     """Builds, trains and evaluates one run; returns its record. The test set is read only in final runs."""
     import keras
@@ -99,23 +190,24 @@ def train(arm, hp, d, config, seed, epochs, sgd_settings, final=False, verbose=0
     run_config = {**config, "batch_size": 128}
     train_ds, val_ds, test_ds, shape = compare.make_pipelines(d, run_config, seed)
     steps = int(np.ceil(len(d["y_train"]) / 128)) * epochs
-    if spec.get("kind") == "sgd" and arm in ARMS:  # the baselines tune their own optimizer
-        lr = hp.Float("lr", 0.005, 0.3, sampling="log")
-        wd = hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")
-    else:
-        lr, wd = sgd_settings["lr"], sgd_settings["weight_decay"]
+    settings = configuration(arm, hp, epochs, sgd_settings)
     keras.utils.set_random_seed(seed)
     network = models.get(config["model"], config.get("width", 1.0), len(d["class_names"]), shape)
     model, callbacks = network, []
     if spec.get("kind") != "sgd":
-        anchor = spec.get("anchor") or hp.Choice("anchor", ["zeros", "init"])
         model = hta.HomotopyModel.from_model(
-            network, split=spec.get("split", "channels"), anchor=anchor, num_groups=spec.get("num_groups", 2),
+            network, split=settings["split"], anchor=settings["anchor"], num_groups=spec.get("num_groups", 2),
             twin_batch=spec.get("twin_batch", "full"), seed=seed)
-        callbacks.append(hta.HomotopyScheduler(schedule_for(arm, hp, epochs)))
-    rate = lr if arm == "sgd_constant" else keras.optimizers.schedules.CosineDecay(lr, steps)
-    model.compile(optimizer=keras.optimizers.SGD(rate, momentum=0.9, weight_decay=wd, use_ema=bool(spec.get("ema"))),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        callbacks.append(hta.HomotopyScheduler(settings["schedule"]))
+    rate = settings["lr"] if arm == "sgd_constant" else keras.optimizers.schedules.CosineDecay(settings["lr"], steps)
+    optimizer_args = dict(momentum=0.9, weight_decay=settings["weight_decay"], use_ema=bool(spec.get("ema")))
+    if arm == "sgd_decay":
+        optimizer = decayed_sgd(rate, **optimizer_args)
+        callbacks.append(decay_callback(paper_schedule(epochs)))
+    else:
+        optimizer = keras.optimizers.SGD(rate, **optimizer_args)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose,
                         shuffle=False)
@@ -132,7 +224,7 @@ def train(arm, hp, d, config, seed, epochs, sgd_settings, final=False, verbose=0
 
 
 def tune(arm, d, config, args, sgd_settings, out):
-    """RandomSearch over the arm's space; returns the best hyperparameters' values."""
+    """RandomSearch over the arm's space; returns the best values, their score and every trial in order."""
     import keras_tuner
 
     class ArmSearch(keras_tuner.RandomSearch):  # keras-tuner's way to tune anything: override run_trial
@@ -140,17 +232,35 @@ def tune(arm, d, config, args, sgd_settings, out):
             record = train(arm, trial.hyperparameters, d, config, 0, args.epochs, sgd_settings)
             return {"val_accuracy": record["val_accuracy"]}
 
+    space = keras_tuner.HyperParameters()  # declared up front: the first trial is drawn too, not the defaults
+    configuration(arm, space, args.epochs, sgd_settings)
     tuner = ArmSearch(objective=keras_tuner.Objective("val_accuracy", "max"), max_trials=args.trials, seed=0,
-                      directory=os.path.join(out, "tuning"), project_name=arm, overwrite=False)
+                      hyperparameters=space, directory=os.path.join(out, "tuning"), project_name=arm,
+                      overwrite=False)
     tuner.search(verbose=0)
-    best = tuner.get_best_hyperparameters(1)[0].values
-    scores = [t.score for t in tuner.oracle.trials.values() if t.score is not None]
-    print(f"  tuned {arm}: best val_accuracy {max(scores):.4f} over {len(scores)} trials: {best}", flush=True)
-    return best, max(scores)
+    trials = [{"values": t.hyperparameters.values, "val_accuracy": t.score}
+              for _, t in sorted(tuner.oracle.trials.items(), key=lambda item: int(item[0])) if t.score is not None]
+    best = max(range(len(trials)), key=lambda i: trials[i]["val_accuracy"])
+    print(f"  tuned {arm}: best val_accuracy {trials[best]['val_accuracy']:.4f} at trial {best + 1} of "
+          f"{len(trials)}: {trials[best]['values']}", flush=True)
+    return trials, best
+
+
+def trials_from_folder(folder):
+    """The finished trials keras-tuner saved in `folder` (trial_*/trial.json), in the order they ran."""
+    trials = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name, "trial.json")
+        if name.startswith("trial_") and os.path.exists(path):
+            trial = json.load(open(path))
+            if trial.get("score") is not None:
+                trials.append((int(trial["trial_id"]), {"values": trial["hyperparameters"]["values"],
+                                                        "val_accuracy": trial["score"]}))
+    return [t for _, t in sorted(trials, key=lambda item: item[0])]
 
 
 class FixedHP:
-    """Replays tuned values through the keras-tuner HyperParameters calls `train` makes."""
+    """Replays tuned values through the keras-tuner HyperParameters calls `configuration` makes."""
 
     def __init__(self, values):
         self.values = values
@@ -161,39 +271,86 @@ class FixedHP:
     Float = Int = Choice = _get
 
 
-def summarize(finals, arms):
-    from scipy import stats
+FAMILY_NOTE = ("HTA arms against SGD, and each control's HTA arm against the control: the tests Holm's correction "
+               "covers in study_report.py")
 
-    rows = {}
+
+def comparisons(arms):
+    """The paired comparisons reported for `arms`: (arm, baseline, in the HTA-vs-SGD family)."""
+    pairs = []
+    for arm in arms:
+        if arm == "sgd":
+            continue
+        pairs.append((arm, "sgd", ARMS.get(arm, {}).get("kind") != "sgd" and arm in ARMS))
+    for control, hta_arm in CONTROLS.items():
+        if control in arms and hta_arm in arms:
+            pairs.append((hta_arm, control, True))
+    return pairs
+
+
+def summarize(state, arms):
+    """Per arm: mean, sample std (ddof=1); per comparison: the paired statistics over the seeds both arms ran."""
+    from keras_hta.experiments import stats
+
+    finals, rows = state["finals"], {}
     for arm in arms:
         runs = finals.get(arm, [])
         if runs:
             acc = np.array([100 * r["test_accuracy"] for r in runs])
-            rows[arm] = {"seeds": len(acc), "acc_mean": float(acc.mean()), "acc_std": float(acc.std()),
+            rows[arm] = {"seeds": len(acc), "acc_mean": float(acc.mean()), "acc_std": stats.sample_std(acc),
                          "err_mean": float(100 - acc.mean()), "seconds": float(np.mean([r["seconds"] for r in runs])),
                          "accs": acc.tolist()}
+            tuned = state["tuned"].get(arm, {})
+            if tuned.get("trials"):
+                rows[arm]["best_trial"], rows[arm]["trials"] = tuned["best"] + 1, len(tuned["trials"])
     for arm, row in rows.items():
         for base in ("sgd", "sgd_ema"):
             if base in rows and arm != base:
                 b = rows[base]["err_mean"]
                 row[f"roi_vs_{base}"] = 100 * (b - row["err_mean"]) / b
-        if "sgd" in rows and arm != "sgd" and len(row["accs"]) > 1 and rows["sgd"]["seeds"] > 1:
-            row["p_vs_sgd"] = float(stats.ttest_ind(row["accs"], rows["sgd"]["accs"], equal_var=False).pvalue)
-    return rows
+    tests = []
+    for arm, base, family in comparisons([a for a in arms if a in rows]):
+        by_seed = {r["seed"]: 100 * r["test_accuracy"] for r in finals[base]}
+        seeds = sorted(r["seed"] for r in finals[arm] if r["seed"] in by_seed)
+        mine = {r["seed"]: 100 * r["test_accuracy"] for r in finals[arm]}
+        row = stats.paired([mine[s] for s in seeds], [by_seed[s] for s in seeds])
+        if row["n"] >= 2 and row["sd_diff"] > 0:
+            row["mde"] = stats.paired_mde(row["sd_diff"], row["n"])
+        tests.append({"arm": arm, "baseline": base, "family": family, **row})
+    return rows, tests
 
 
-def markdown(name, args, tuned, rows):
-    lines = [f"Command: `python benchmarks/study.py {' '.join(sys.argv[1:])}`", "",
-             f"{name}: {args.trials} trials x {args.epochs} epochs per arm (RandomSearch, seed 0, objective: "
-             f"validation accuracy); final runs: seeds 1..{args.seeds}, test accuracy.", "",
-             "| arm | tuned configuration | test accuracy mean ± std | ROI vs SGD | ROI vs SGD+EMA | p vs SGD "
-             "| seconds per run |", "|---|---|---|---|---|---|---|"]
+def markdown(name, args, state, rows, tests):
+    def p(x):
+        return "—" if x is None or not np.isfinite(x) else ("<0.001" if x < 0.001 else f"{x:.3f}")
+
+    best_first = [a for a in rows if rows[a].get("trials", 0) > 1 and rows[a]["best_trial"] == 1]
+    tuned_arms = [a for a in rows if rows[a].get("trials", 0) > 1]
+    lines = [f"Command: `KERAS_BACKEND={state['backend']} python benchmarks/study.py {' '.join(sys.argv[1:])}`", "",
+             f"{name}: {args.trials} trials x {args.epochs} epochs per tuned arm (RandomSearch, seed 0, every trial "
+             f"drawn at random; objective: validation accuracy); final runs: seeds 1..{args.seeds}, test accuracy "
+             f"read once per run. Std: sample std over seeds (ddof=1).", "",
+             f"Tuning: the best trial was the first in {len(best_first)} of {len(tuned_arms)} tuned arms"
+             + (f" ({', '.join(best_first)})." if best_first else "."), "",
+             "| arm | tuned configuration | best trial | seeds | test accuracy mean ± std | ROI vs SGD | s/run |",
+             "|---|---|---|---|---|---|---|"]
     for arm, row in rows.items():
-        conf = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.get(arm, {}).items())
-        fmt = lambda k, f: f.format(row[k]) if k in row else "-"  # noqa: E731
-        lines.append(f"| {arm} | {conf or '(the tuned SGD settings)'} | {row['acc_mean']:.2f}% ± {row['acc_std']:.2f}% "
-                     f"| {fmt('roi_vs_sgd', '{:+.2f}%')} | {fmt('roi_vs_sgd_ema', '{:+.2f}%')} "
-                     f"| {fmt('p_vs_sgd', '{:.3f}')} | {row['seconds']:.1f} |")
+        values = state["tuned"].get(arm, {}).get("values", {})
+        conf = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        trial = f"{row['best_trial']} of {row['trials']}" if "trials" in row else "—"
+        roi = f"{row['roi_vs_sgd']:+.2f}%" if "roi_vs_sgd" in row else "—"
+        lines.append(f"| {arm} | {conf or '(fixed, or the tuned SGD settings)'} | {trial} | {row['seeds']} "
+                     f"| {row['acc_mean']:.2f} ± {row['acc_std']:.2f}% | {roi} | {row['seconds']:.1f} |")
+    lines += ["", "Paired comparisons (per-seed differences in test accuracy, points; p-values unadjusted, "
+              "two-sided; MDE: the difference the paired t-test detects with power 0.8 at alpha 0.05 and the "
+              "observed sd of the differences; family: " + FAMILY_NOTE + "):", "",
+              "| arm − baseline | family | seeds | mean difference [95% CI] | sd of differences | paired t-test p "
+              "| Wilcoxon signed-rank p | MDE |", "|---|---|---|---|---|---|---|---|"]
+    for t in tests:
+        ci = f"{t['mean_diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]" if t["n"] > 1 else "—"
+        mde = f"{t['mde']:.2f}" if "mde" in t else "—"
+        lines.append(f"| {t['arm']} − {t['baseline']} | {'yes' if t['family'] else 'no'} | {t['n']} | {ci} "
+                     f"| {t['sd_diff']:.2f} | {p(t['p_ttest'])} | {p(t['p_wilcoxon'])} | {mde} |")
     return "\n".join(lines) + "\n"
 
 
@@ -201,11 +358,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("data", choices=sorted(DATA))
-    parser.add_argument("--trials", type=int, default=6, help="keras-tuner trials per arm (the same for every arm)")
+    parser.add_argument("--trials", type=int, default=20,
+                        help="keras-tuner trials per tuned arm (the same for every arm)")
     parser.add_argument("--epochs", type=int, default=24, help="epochs per trial and per final run")
-    parser.add_argument("--seeds", type=int, default=5, help="final runs per arm (seeds 1..N)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS) + list(EXTRA_ROWS),
-                        choices=list(ARMS) + list(EXTRA_ROWS))
+    parser.add_argument("--seeds", type=int, default=40, help="final runs per arm (seeds 1..N)")
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS) + list(EXTRA_ROWS))
     parser.add_argument("--train-size", type=int, help="a stratified subset of the training data")
     parser.add_argument("--out", help="default: benchmarks/results/study-<data>")
     args = parser.parse_args()
@@ -214,24 +371,38 @@ def main():
             parser.error(f"argument --{flag} must be >= 1. Received: {getattr(args, flag)}")
     if "sgd" not in args.arms:
         parser.error("argument --arms must include sgd (every other arm uses its tuned optimizer)")
+    import keras
+
     from keras_hta.experiments import compare, plots
 
     config = {**DATA[args.data][0], "val_size": 5000 if args.data == "cifar10" else 0.1,
               "train_size": args.train_size, "test_size": None}
     out = args.out or os.path.join(HERE, "results", f"study-{args.data}")
-    os.makedirs(out, exist_ok=True)
+    compare.check_writable_folder(out)
     path = os.path.join(out, "study.json")
     state = json.load(open(path)) if os.path.exists(path) else {"tuned": {}, "finals": {}}
+    backend = keras.backend.backend()
+    if state.setdefault("backend", backend if not state["finals"] else "tensorflow") != backend:
+        parser.error(f"the study in {out} ran on {state['backend']}; continue it with KERAS_BACKEND="
+                     f"{state['backend']}. Received: KERAS_BACKEND={backend}")
+    os.makedirs(out, exist_ok=True)
     d = compare.load_data(config)
-    print(f"{args.data}: {len(d['y_train'])} train / {len(d['y_val'])} validation / {len(d['y_test'])} test", flush=True)
+    print(f"{args.data}: {len(d['y_train'])} train / {len(d['y_val'])} validation / {len(d['y_test'])} test "
+          f"({backend})", flush=True)
 
     def tuned_values(arm):
-        if arm in EXTRA_ROWS:
+        if arm in EXTRA_ROWS or not tunable(arm):
             return {}
+        folder = os.path.join(out, "tuning", arm)
+        if arm in state["tuned"] and "trials" not in state["tuned"][arm] and os.path.isdir(folder):
+            trials = trials_from_folder(folder)  # a study from before trials were recorded in study.json
+            best = max(range(len(trials)), key=lambda i: trials[i]["val_accuracy"])
+            state["tuned"][arm].update(trials=trials, best=best)
         if arm not in state["tuned"]:
             print(f"tuning {arm} ...", flush=True)
-            best, score = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out)
-            state["tuned"][arm] = {"values": best, "val_accuracy": score}
+            trials, best = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out)
+            state["tuned"][arm] = {"values": trials[best]["values"], "val_accuracy": trials[best]["val_accuracy"],
+                                   "trials": trials, "best": best}
             compare.write_json_atomic(path, state)
         return state["tuned"][arm]["values"]
 
@@ -243,19 +414,18 @@ def main():
             if any(r["seed"] == seed for r in runs):
                 continue
             epochs = 2 * args.epochs if arm == "sgd_2x" else args.epochs
-            hp = FixedHP({**values, **({} if arm in ARMS else sgd)})
-            record = train(arm, hp, d, config, seed, epochs, sgd, final=True)
+            record = train(arm, FixedHP(values), d, config, seed, epochs, sgd, final=True)
             runs.append({"seed": seed, **record})
             compare.write_json_atomic(path, state)
             print(f"  final {arm} seed {seed}: test {100 * record['test_accuracy']:.2f}% "
                   f"({record['seconds']:.0f} s)", flush=True)
-    rows = summarize(state["finals"], args.arms)
-    state["summary"] = rows
+    rows, tests = summarize(state, args.arms)
+    state["summary"], state["tests"] = rows, tests
     compare.write_json_atomic(path, state)
-    tuned = {arm: state["tuned"].get(arm, {}).get("values", {}) for arm in args.arms}
-    table = markdown(args.data, args, tuned, rows)
-    with open(os.path.join(out, "study.md"), "w") as f:
-        f.write(table)
+    table = markdown(args.data, args, state, rows, tests)
+    from keras_hta.experiments import write_atomic
+
+    write_atomic(os.path.join(out, "study.md"), lambda f: f.write(table))
     curves = {arm: [[100 * (1 - a) for a in r["val_curve"]] for r in state["finals"][arm]] for arm in args.arms
               if state["finals"].get(arm) and arm != "sgd_2x"}
     plots.plot_error_curves(os.path.join(out, "val_error.png"), curves, title=f"{args.data}: validation error")

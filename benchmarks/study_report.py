@@ -1,0 +1,91 @@
+"""The study's verdict across data sets (issue #20): paired tests, Holm's correction, minimum detectable differences.
+
+Reads every `benchmarks/results/study-*/study.json` that `benchmarks/study.py`
+wrote, collects the comparisons of the HTA-vs-SGD family (each HTA arm against
+tuned SGD, and each control's HTA arm against its control) from all data sets,
+and adjusts their paired t-test p-values together with Holm–Bonferroni. For each
+data set it states the minimum detectable difference (MDE) of its design: the
+true mean difference that the two-sided paired t-test detects with power 0.8,
+at alpha 0.05 and at Holm's strictest level alpha/m (m the family's size),
+using the median sd of the family's per-seed differences on that data set.
+Writes `benchmarks/results/study-summary.{json,md}`.
+
+Usage: python benchmarks/study_report.py
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def report(paths):
+    from keras_hta.experiments import stats
+
+    studies = {}
+    for path in sorted(paths):
+        state = json.load(open(path))
+        if state.get("tests"):
+            studies[os.path.basename(os.path.dirname(path)).removeprefix("study-")] = state
+    family = [(name, t) for name, state in studies.items() for t in state["tests"] if t["family"]]
+    adjusted = stats.holm([t["p_ttest"] for _, t in family])
+    rows = [{"data": name, **t, "p_holm": p} for (name, t), p in zip(family, adjusted)]
+    m = sum(np.isfinite(adjusted))
+    designs = {}
+    for name, state in studies.items():
+        sds = [t["sd_diff"] for t in state["tests"] if t["family"] and t["sd_diff"] > 0]
+        seeds = min(t["n"] for t in state["tests"] if t["family"])
+        sd = float(np.median(sds))
+        designs[name] = {"seeds": seeds, "median_sd_diff": sd, "mde_05": stats.paired_mde(sd, seeds),
+                         "mde_holm": stats.paired_mde(sd, seeds, alpha=0.05 / m), "backend": state.get("backend")}
+    return {"family_size": int(m), "designs": designs, "tests": rows}
+
+
+def markdown(result):
+    def p(x):
+        return "—" if x is None or not np.isfinite(x) else ("<0.001" if x < 0.001 else f"{x:.3f}")
+
+    m = result["family_size"]
+    lines = ["Command: `python benchmarks/study_report.py`", "",
+             f"Family: {m} paired comparisons (every HTA arm against tuned SGD, and h1_paper_zeros against SGD + "
+             "its matched decay) over all data sets; Holm–Bonferroni adjusts their paired t-test p-values together.",
+             "", "Design sensitivity: MDE = the true mean difference in test accuracy (points) that the two-sided "
+             "paired t-test detects with power 0.8, at the median sd of the family's per-seed differences.", "",
+             "| data set | backend | seeds per arm | median sd of differences | MDE at alpha 0.05 "
+             f"| MDE at alpha 0.05/{m} (Holm's first step) |", "|---|---|---|---|---|---|"]
+    for name, d in result["designs"].items():
+        lines.append(f"| {name} | {d['backend']} | {d['seeds']} | {d['median_sd_diff']:.2f} | {d['mde_05']:.2f} "
+                     f"| {d['mde_holm']:.2f} |")
+    lines += ["", "| data set | arm − baseline | seeds | mean difference [95% CI] | paired t-test p "
+              "| Wilcoxon signed-rank p | Holm-adjusted p (paired t) |", "|---|---|---|---|---|---|---|"]
+    for t in result["tests"]:
+        lines.append(f"| {t['data']} | {t['arm']} − {t['baseline']} | {t['n']} | {t['mean_diff']:+.2f} "
+                     f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}] | {p(t['p_ttest'])} | {p(t['p_wilcoxon'])} "
+                     f"| {p(t['p_holm'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=os.path.join(HERE, "results"), help="the folder holding study-*/")
+    args = parser.parse_args()
+    paths = glob.glob(os.path.join(args.results, "study-*", "study.json"))
+    if not paths:
+        parser.error(f"argument --results holds no study-*/study.json. Received: --results {args.results}")
+    from keras_hta.experiments import compare, write_atomic
+
+    result = report(paths)
+    compare.write_json_atomic(os.path.join(args.results, "study-summary.json"), result)
+    text = markdown(result)
+    write_atomic(os.path.join(args.results, "study-summary.md"), lambda f: f.write(text))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
