@@ -378,14 +378,20 @@ def main():
     config = {**DATA[args.data][0], "val_size": 5000 if args.data == "cifar10" else 0.1,
               "train_size": args.train_size, "test_size": None}
     out = args.out or os.path.join(HERE, "results", f"study-{args.data}")
-    compare.check_writable_folder(out)
+    try:
+        compare.check_writable_folder(out)
+    except ValueError as error:
+        parser.error(str(error))
     path = os.path.join(out, "study.json")
     state = json.load(open(path)) if os.path.exists(path) else {"tuned": {}, "finals": {}}
     backend = keras.backend.backend()
     if state.setdefault("backend", backend if not state["finals"] else "tensorflow") != backend:
         parser.error(f"the study in {out} ran on {state['backend']}; continue it with KERAS_BACKEND="
                      f"{state['backend']}. Received: KERAS_BACKEND={backend}")
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        parser.error(f"argument --out cannot be made: {error.strerror}. Received: --out {out}")
     d = compare.load_data(config)
     print(f"{args.data}: {len(d['y_train'])} train / {len(d['y_val'])} validation / {len(d['y_test'])} test "
           f"({backend})", flush=True)
@@ -434,4 +440,12 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every finished run is already in study.json: rerun the command to continue
+        print("Interrupted: the finished runs are kept in study.json; run the same command to continue.",
+              file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:  # e.g. a full or read-only disk: the runs written before it are kept
+        print(f"study.py: {error.strerror}: {error.filename}", file=sys.stderr)
+        sys.exit(2)

@@ -84,6 +84,17 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     assert min(t["p_holm"] for t in summary["tests"]) == pytest.approx(min(1.0, 3 * p[0]))
 
 
+@pytest.mark.parametrize("flags, named", [(["--out", "FILE/x"], "--out"), (["--trials", "0"], "--trials")])
+def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
+    (tmp_path / "FILE").write_text("")
+    flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", *flags],
+                         capture_output=True, text=True, env=env, timeout=300)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and named in last and "Traceback" not in out.stderr
+
+
 def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
     """HTA with zero anchors and no loss shrinks every weight by 1/(1 + lr·L) per step; sgd_decay by 1 − lr·L."""
     import keras
