@@ -240,10 +240,15 @@ def tune(arm, d, config, args, sgd_settings, out):
     tuner.search(verbose=0)
     trials = [{"values": t.hyperparameters.values, "val_accuracy": t.score}
               for _, t in sorted(tuner.oracle.trials.items(), key=lambda item: int(item[0])) if t.score is not None]
-    best = max(range(len(trials)), key=lambda i: trials[i]["val_accuracy"])
+    best = best_trial(trials)
     print(f"  tuned {arm}: best val_accuracy {trials[best]['val_accuracy']:.4f} at trial {best + 1} of "
           f"{len(trials)}: {trials[best]['values']}", flush=True)
     return trials, best
+
+
+def best_trial(trials):
+    """The index of the trial with the best validation accuracy (the earliest of equal ones)."""
+    return max(range(len(trials)), key=lambda i: trials[i]["val_accuracy"])
 
 
 def trials_from_folder(folder):
@@ -402,8 +407,7 @@ def main():
         folder = os.path.join(out, "tuning", arm)
         if arm in state["tuned"] and "trials" not in state["tuned"][arm] and os.path.isdir(folder):
             trials = trials_from_folder(folder)  # a study from before trials were recorded in study.json
-            best = max(range(len(trials)), key=lambda i: trials[i]["val_accuracy"])
-            state["tuned"][arm].update(trials=trials, best=best)
+            state["tuned"][arm].update(trials=trials, best=best_trial(trials))
         if arm not in state["tuned"]:
             print(f"tuning {arm} ...", flush=True)
             trials, best = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out)
