@@ -298,10 +298,11 @@ def summarize(state, arms):
     from keras_hta.experiments import stats
 
     finals, rows = state["finals"], {}
+    by_seed = {arm: {r["seed"]: 100 * r["test_accuracy"] for r in finals[arm]} for arm in arms if finals.get(arm)}
     for arm in arms:
         runs = finals.get(arm, [])
         if runs:
-            acc = np.array([100 * r["test_accuracy"] for r in runs])
+            acc = np.array([by_seed[arm][r["seed"]] for r in runs])
             rows[arm] = {"seeds": len(acc), "acc_mean": float(acc.mean()), "acc_std": stats.sample_std(acc),
                          "err_mean": float(100 - acc.mean()), "seconds": float(np.mean([r["seconds"] for r in runs])),
                          "accs": acc.tolist()}
@@ -315,10 +316,8 @@ def summarize(state, arms):
                 row[f"roi_vs_{base}"] = 100 * (b - row["err_mean"]) / b
     tests = []
     for arm, base, family in comparisons([a for a in arms if a in rows]):
-        by_seed = {r["seed"]: 100 * r["test_accuracy"] for r in finals[base]}
-        seeds = sorted(r["seed"] for r in finals[arm] if r["seed"] in by_seed)
-        mine = {r["seed"]: 100 * r["test_accuracy"] for r in finals[arm]}
-        row = stats.paired([mine[s] for s in seeds], [by_seed[s] for s in seeds])
+        seeds = sorted(set(by_seed[arm]) & set(by_seed[base]))
+        row = stats.paired([by_seed[arm][s] for s in seeds], [by_seed[base][s] for s in seeds])
         if row["n"] >= 2 and row["sd_diff"] > 0:
             row["mde"] = stats.paired_mde(row["sd_diff"], row["n"])
         tests.append({"arm": arm, "baseline": base, "family": family, **row})
@@ -326,8 +325,7 @@ def summarize(state, arms):
 
 
 def markdown(name, args, state, rows, tests):
-    def p(x):
-        return "—" if x is None or not np.isfinite(x) else ("<0.001" if x < 0.001 else f"{x:.3f}")
+    from keras_hta.experiments.stats import format_p as p
 
     best_first = [a for a in rows if rows[a].get("trials", 0) > 1 and rows[a]["best_trial"] == 1]
     tuned_arms = [a for a in rows if rows[a].get("trials", 0) > 1]

@@ -47,8 +47,7 @@ def report(paths):
 
 
 def markdown(result):
-    def p(x):
-        return "—" if x is None or not np.isfinite(x) else ("<0.001" if x < 0.001 else f"{x:.3f}")
+    from keras_hta.experiments.stats import format_p as p
 
     m = result["family_size"]
     lines = ["Command: `python benchmarks/study_report.py`", "",

@@ -13,6 +13,13 @@ from keras_hta.experiments import stats  # noqa: E402
 pytestmark = pytest.mark.harness
 
 
+def test_the_module_example_runs_as_written():
+    import doctest
+
+    result = doctest.testmod(stats)
+    assert result.attempted >= 6 and result.failed == 0
+
+
 def test_sample_std_is_the_n_minus_1_estimator():
     values = [91.2, 90.8, 92.0, 91.5, 90.9, 89.7]
     assert stats.sample_std(values) == pytest.approx(statistics.stdev(values), rel=1e-12)
