@@ -74,15 +74,9 @@ def dataset(model_name, steps, half=False):
 
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(2)
 
-    class Repeat(keras.utils.PyDataset):
-        def __len__(self):
-            return 10**6
+    from keras_hta.experiments.data import RepeatedBatches
 
-        def __getitem__(self, i):
-            i %= 4
-            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-
-    return Repeat()
+    return RepeatedBatches(x, y, batch)
 
 
 def device_name():

@@ -59,7 +59,9 @@ def train_vgg(use_hta):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=2)
+    # shuffle=False: the pipeline shuffles by its seed (Keras's own reshuffle of a
+    # PyDataset's batches follows Python's global random, which HTA's build draws from).
+    model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=2, shuffle=False)
     return model.evaluate(test, verbose=0, return_dict=True)["accuracy"]  # read once, at the end
 
 

@@ -264,6 +264,56 @@ def test_numpy_image_batches_are_seeded_and_augment_by_flip_and_crop():
     np.testing.assert_allclose(x0, (images[:4] / 255.0 - mean) / std, atol=1e-6)
 
 
+def test_fit_trains_on_the_numpy_batches_in_their_seeded_order():
+    """`fit(shuffle=False)`, as the harness calls it, trains on batches 0, 1, 2 of one epoch, then of the next.
+
+    So paired arms see the same batches. (With `shuffle=True` Keras would reorder the batches with Python's
+    global `random`; with worker threads, Keras 3.15 on JAX and PyTorch first serves batches prefetched before
+    the first epoch: the harness uses neither.)
+    """
+    from keras_hta.experiments import data
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=12)
+    mean, std = data.channel_stats(images)
+    initial = []
+
+    def trained(by_hand):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+                                  keras.layers.Dense(3)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(True))
+        initial.append(np.asarray(model.weights[0]))
+        batches = data.ArrayBatches(images, labels, 4, seed=5, mean=mean, std=std, augment=True)
+        if not by_hand:
+            model.fit(batches, epochs=2, verbose=0, shuffle=False)
+            return [np.asarray(w) for w in model.weights]
+        batches.on_epoch_end()  # fit's first look at the data ends an epoch before training starts
+        for _ in range(2):
+            for i in range(len(batches)):
+                model.train_on_batch(*batches[i])
+            batches.on_epoch_end()
+        return [np.asarray(w) for w in model.weights]
+
+    fitted, by_hand = trained(False), trained(True)
+    for a, h in zip(fitted, by_hand):
+        np.testing.assert_allclose(a, h, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(initial[0], initial[1])  # the same start, and six steps moved it
+    assert np.abs(fitted[0] - initial[0]).max() > 1e-3
+
+
+def test_repeated_batches_cycle_through_the_arrays_in_order():
+    from keras_hta.experiments import data
+
+    x, y = np.arange(24).reshape(12, 2), np.arange(12)
+    batches = data.RepeatedBatches(x, y, 4)  # three batches, then again
+    assert len(batches) == 10**6
+    np.testing.assert_array_equal(batches[4][1], [4, 5, 6, 7])
+    np.testing.assert_array_equal(batches[3][0], x[:4])
+    assert batches[2][1].tolist() == batches[10**6 - 2][1].tolist() == [8, 9, 10, 11]  # 999998 = 3·333332 + 2
+
+
 def test_decoded_images_are_cached_per_decoder(tmp_path):
     """TensorFlow's and Pillow's JPEG decoders differ by a few levels: one's arrays are never served to the other."""
     from PIL import Image

@@ -331,7 +331,11 @@ class ArrayBatches(keras.utils.PyDataset):
     For training (`seed` given) the order is reshuffled every epoch and,
     with `augment`, every image flipped and cropped; the random numbers of
     batch i of epoch e come from `numpy.random.default_rng([seed, e, i])`,
-    so the batches are a function of the seed alone (also with workers).
+    so the batches are a function of the seed alone. Call `fit` with
+    `shuffle=False` (the order is already shuffled; Keras would reorder the
+    batches by Python's global `random`, which building a HomotopyModel
+    draws from) and no workers (Keras 3.15's worker threads on JAX and
+    PyTorch first serve batches fetched before the first epoch).
     Images (uint8) are normalised as `(x/255 − mean)/std`.
 
     Args:
@@ -374,6 +378,22 @@ class ArrayBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.epoch += 1
         self._order = self._shuffled()
+
+
+class RepeatedBatches(keras.utils.PyDataset):
+    """`x` and `y` cut into batches of `batch_size`, repeated in order for a million batches (for timing steps)."""
+
+    def __init__(self, x, y, batch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+
+    def __len__(self):
+        return 10**6
+
+    def __getitem__(self, index):
+        index %= len(self.x) // self.batch_size
+        return (self.x[index * self.batch_size:(index + 1) * self.batch_size],
+                self.y[index * self.batch_size:(index + 1) * self.batch_size])
 
 
 def image_pipeline(x, y, batch_size, training, mean, std, seed=None, pad=4):
