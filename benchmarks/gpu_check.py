@@ -1,10 +1,13 @@
 """One prepared GPU check for keras-hta on JAX, without TensorFlow (issues #13, #21).
 
 Five independent stages, each in a fresh process with `KERAS_BACKEND=jax` and
-its own time limit; each writes `stage_<x>.json` under the output folder as
-soon as it ends, so a time-out keeps what finished. The driver then writes
-`gpu_check.json`, `gpu_check.md` and `step_time.png`, and prints the card's
-name. No stage imports TensorFlow (each records whether it did).
+its own time limit, run in the order a, b, c, e, d within one time budget
+(`--budget`, 540 s): stage d trains for what the others left. Each stage
+rewrites `stage_<x>.json` under the output folder after every row it
+finishes, so a time-out keeps what finished. The driver then writes
+`gpu_check.json` (with the versions it ran on), `gpu_check.md` and
+`step_time.png`, and prints the card's name. No stage imports TensorFlow
+(each records whether it did).
 
   a. correctness: HomotopyModel `fit` (proximal update) for 20 steps with
      `jit_compile` False and True, float32 and mixed_float16; θ against the
@@ -19,17 +22,18 @@ name. No stage imports TensorFlow (each records whether it did).
   d. full-width VGG11-BN on CIFAR-10 (the shared JPEG tarball, decoded with
      Pillow, NumPy augmentation), SGD vs HTA (squared norms, proximal update,
      the paper's L schedule), same seed and batches, cosine learning rate,
-     as many epochs as `--minutes-d` allows (sized from a timed epoch);
-     images/s of the input pipeline alone against the training step's;
+     as many epochs (at most 30) as the time left allows, sized from timed
+     steps after compilation; images/s of the input pipeline alone against
+     the training step's;
   e. fused twins: the twins' forward and backward pass as one `jax.vmap`
      over stacked weights against two calls, VGG11-BN at widths 1/8 and 1
      (decides whether the library gets a fused mode).
 
-Usage (about 8 minutes on one H200; the wheels and the command that carries
+Usage (9 minutes at most on one GPU; the wheels and the command that carries
 them: benchmarks/RESULTS.md §6):
     KERAS_BACKEND=jax python benchmarks/gpu_check.py [--data ../shared/datasets/cifar10-jpeg.tar.gz]
 Dry run (every stage at toy size on the CPU, 2 host devices standing in for
-2 GPUs; under 3 minutes; `tests/test_benchmarks.py` runs it):
+2 GPUs; under 3 minutes; `tests/test_gpu_check.py` runs it):
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_dry
 """
 
@@ -44,8 +48,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras: 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # the repository's keras_hta, installed or not (the stages run this file too)
-STAGES = ("a", "b", "c", "d", "e")
-LIMITS = {"a": 80, "b": 60, "c": 150, "d": 170, "e": 70}  # seconds per stage on the GPU: 9.2 min at most
+STAGES = ("a", "b", "c", "e", "d")  # the order they run in: d, last, trains for the time the others left
+LIMITS = {"a": 80, "b": 60, "c": 150, "e": 70}  # seconds at most per stage on the GPU; d: what is left
+D_MINIMUM = 120  # seconds kept for stage d whatever the others take
+D_OVERHEAD = 90  # of stage d's seconds, those not training: start, decoding, the probe, compiling evaluation
+EPOCHS_CAP = 30
 
 
 def _write(path, obj):
@@ -107,7 +114,7 @@ def _max_diff(a, b):
     return float(max(np.abs(u.astype("float64") - v.astype("float64")).max() for u, v in zip(a, b)))
 
 
-def stage_a(args):
+def stage_a(args, save):
     import jax
 
     card = _card(args.dry_run)
@@ -115,6 +122,8 @@ def stage_a(args):
     reference = _fit_small(False, "float32", device=cpu)
     plain_reference = _fit_small(False, "float32", device=cpu, plain=True)
     rows = []
+    note = ("20 SGD steps, proximal update, against float32 on the CPU; "
+            "plain Keras's own difference in the same setting beside it")
     for policy in ("float32", "mixed_float16"):
         for jit in (False, True):
             start = time.perf_counter()
@@ -123,11 +132,11 @@ def stage_a(args):
             plain = _fit_small(jit, policy, plain=True)  # what plain Keras differs by in the same setting
             rows.append({"policy": policy, "jit_compile": jit, "max_abs_diff_vs_cpu": _max_diff(theta, reference),
                          "plain_keras_max_abs_diff_vs_cpu": _max_diff(plain, plain_reference), "seconds": seconds})
-    return {"card": card, "rows": rows, "note": "20 SGD steps, proximal update, against float32 on the CPU; "
-                                               "plain Keras's own difference in the same setting beside it"}
+            save({"card": card, "rows": rows, "note": note})
+    return {"card": card, "rows": rows, "note": note}
 
 
-def stage_b(args):
+def stage_b(args, save):
     import keras
 
     card = _card(args.dry_run)
@@ -144,37 +153,35 @@ def stage_b(args):
             "target": 1e-5}
 
 
-def _StepTimer():
-    """A callback timing each training step; reading the loss waits for the device."""
+def _timer(steps=True):
+    """A callback recording each training step's seconds (`steps`) and each epoch's.
+
+    Timing a step reads its loss, which waits for the device; without
+    `steps` nothing waits (an epoch's first holds the tracing and compilation).
+    """
     import keras
 
-    class StepTimer(keras.callbacks.Callback):
+    class Timer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.times = []
+            self.times, self.seconds = [], []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.epoch_start)
 
         def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
+            if steps:
+                self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])
-            self.times.append(time.perf_counter() - self.start)
+            if steps:
+                float(logs["loss"])
+                self.times.append(time.perf_counter() - self.start)
 
-    return StepTimer()
-
-
-def _repeat(x, y, batch):
-    import keras
-
-    class Repeat(keras.utils.PyDataset):
-        def __len__(self):
-            return 10**6
-
-        def __getitem__(self, i):
-            i %= len(x) // batch
-            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-
-    return Repeat()
+    return Timer()
 
 
 def _peak_mib():
@@ -184,22 +191,25 @@ def _peak_mib():
     return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
 
 
-def stage_c(args):
+def stage_c(args, save):
     import keras
     import numpy as np
 
     import keras_hta as hta
     from keras_hta.experiments import models
+    from keras_hta.experiments.data import RepeatedBatches
 
     card = _card(args.dry_run)
     width, batch, steps, rounds = (1 / 16, 8, 4, 2) if args.dry_run else (1.0, 128, 11, 3)
     depths = (11,) if args.dry_run else (11, 16)
+    note = ("peak MiB: the device's peak after building and warming each variant in turn (cumulative within a "
+            "row); rows in order of interest (XLA is JAX's default), each saved as it ends")
     rng = np.random.default_rng(0)
-    data = _repeat(rng.normal(size=(batch * 4, 32, 32, 3)).astype("float32"), rng.integers(0, 10, size=batch * 4),
-                   batch)
+    data = RepeatedBatches(rng.normal(size=(batch * 4, 32, 32, 3)).astype("float32"),
+                           rng.integers(0, 10, size=batch * 4), batch)
     rows = []
     for depth in depths:
-        for jit in (False, True):
+        for jit in (True, False):
             built, times, peaks = {}, {}, {}
             for variant in ("plain", "hta", "hta_split"):
                 keras.utils.set_random_seed(0)
@@ -213,7 +223,7 @@ def stage_c(args):
                 peaks[variant] = _peak_mib()  # the process's peak so far: grows with each variant built
             for _ in range(rounds):  # alternating, so load changes hit every variant alike
                 for variant, model in built.items():
-                    timer = _StepTimer()
+                    timer = _timer()
                     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
                     times[variant] += timer.times[1:]  # the first step of a fit also starts its iterator
             median = {v: float(np.median(t)) for v, t in times.items()}
@@ -223,13 +233,23 @@ def stage_c(args):
                          "hta_over_2plain": median["hta"] / (2 * median["plain"]),
                          "split_over_plain": median["hta_split"] / median["plain"],
                          **{f"{v}_peak_mib": peaks.get(v) for v in built}})
+            save({"card": card, "rows": rows, "note": note})
             del built
             keras.backend.clear_session()
-    return {"card": card, "rows": rows, "note": "peak MiB: the device's peak after building and warming each "
-                                               "variant in turn (cumulative within a row)"}
+    return {"card": card, "rows": rows, "note": note}
 
 
-def stage_d(args):
+def d_epochs(budget_s, compile_s, sgd_epoch_s, cap=EPOCHS_CAP):
+    """Epochs for both arms within `budget_s` seconds of training.
+
+    Costed as: SGD compiles once (`compile_s`) and HTA, two twins, about
+    twice; an HTA epoch at most 2.4 SGD epochs (HTA/(2 plain) ≤ 1.2), so
+    both arms cost 3 compilations and 3.4 SGD epochs per epoch.
+    """
+    return int(max(1, min(cap, (budget_s - 3 * compile_s) / (3.4 * sgd_epoch_s))))
+
+
+def stage_d(args, save):
     import keras
     import numpy as np
 
@@ -237,52 +257,69 @@ def stage_d(args):
     from keras_hta.experiments import data, models
 
     card = _card(args.dry_run)
+    start = time.perf_counter()
     if args.dry_run:
         rng = np.random.default_rng(0)
         d = {"x_train": rng.integers(0, 256, size=(256, 32, 32, 3), dtype=np.uint8),
              "y_train": rng.integers(0, 10, size=256).astype("int32"),
              "x_test": rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
              "y_test": rng.integers(0, 10, size=64).astype("int32")}
-        width, batch, epochs_cap = 1 / 16, 32, 2
+        width, batch, probe_steps = 1 / 16, 32, 3
     else:
         d = data.load_image_folder(args.data)
-        width, batch, epochs_cap = 1.0, 128, 30
+        width, batch, probe_steps = 1.0, 128, 30
+    result = {"card": card, "width": width, "batch": batch, "decode_s": round(time.perf_counter() - start, 1)}
     mean, std = data.channel_stats(d["x_train"])
     steps_per_epoch = int(np.ceil(len(d["y_train"]) / batch))
 
-    probe = data.image_pipeline(d["x_train"], d["y_train"], batch, True, mean, std, seed=0)
+    pipeline = data.image_pipeline(d["x_train"], d["y_train"], batch, True, mean, std, seed=0)
     start, images = time.perf_counter(), 0
     for i in range(min(steps_per_epoch, 100)):
-        images += len(probe[i][1])
-    pipeline_images_s = images / (time.perf_counter() - start)
+        images += len(pipeline[i][1])
+    result["pipeline_images_per_s"] = images / (time.perf_counter() - start)
 
-    def run(arm, epochs):
+    def run(arm, epochs, steps=None):
         keras.utils.set_random_seed(0)  # same initial weights and batches for both arms
         train = data.image_pipeline(d["x_train"], d["y_train"], batch, True, mean, std, seed=0)
         test = data.image_pipeline(d["x_test"], d["y_test"], batch, False, mean, std)
         network = models.vgg(11, width=width)
-        model, callbacks = network, []
+        model, timer = network, _timer(steps=False)
+        callbacks = [timer]
         if arm == "hta":  # the paper's six L values over the run, squared norms, proximal update
             model = hta.HomotopyModel.from_model(network, homotopy_l=0.01)
-            callbacks = [hta.HomotopyScheduler(hta.schedules.Linear(0.01, 0.005, -0.001, max(1, epochs // 6)))]
-        lr = keras.optimizers.schedules.CosineDecay(0.05, steps_per_epoch * epochs)
+            callbacks.append(hta.HomotopyScheduler(hta.schedules.Linear(0.01, 0.005, -0.001, max(1, epochs // 6))))
+        lr = keras.optimizers.schedules.CosineDecay(0.05, (steps or steps_per_epoch) * epochs)
         model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9, weight_decay=5e-4),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-        start = time.perf_counter()
-        history = model.fit(train, epochs=epochs, verbose=0 if args.dry_run else 2, callbacks=callbacks)
-        seconds = time.perf_counter() - start
+        # shuffle=False: the pipeline shuffles by its seed; Keras's reshuffle would follow Python's global random.
+        history = model.fit(train, epochs=epochs, steps_per_epoch=steps, shuffle=False, callbacks=callbacks,
+                            verbose=0 if args.dry_run or steps else 2)
+        if steps:
+            return timer.seconds
+        seconds = sum(timer.seconds)
         accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
         return {"epochs": epochs, "test_accuracy": float(accuracy), "seconds": round(seconds, 1),
+                "first_epoch_s": round(timer.seconds[0], 2),
+                "later_epoch_s": round(float(np.median(timer.seconds[1:])), 2) if epochs > 1 else None,
                 "train_images_per_s": len(d["y_train"]) * epochs / seconds,
                 "final_loss": float(history.history["loss"][-1])}
 
-    probe = run("sgd", 1)  # one epoch (with tracing) sizes the run: SGD + HTA take about 3 SGD epochs
-    epochs = int(max(1, min(epochs_cap, args.minutes_d * 60 / 3 / probe["seconds"])))
-    return {"card": card, "width": width, "batch": batch, "pipeline_images_per_s": pipeline_images_s,
-            "probe_epoch_seconds": probe["seconds"], "arms": {arm: run(arm, epochs) for arm in ("sgd", "hta")}}
+    # Two short SGD epochs size the run: the first holds the compilation, the second times the steps.
+    first, second = run("sgd", 2, steps=probe_steps)
+    result["probe"] = {"steps": probe_steps, "compile_s": round(max(0.0, first - second), 2),
+                       "sgd_epoch_s": round(second / probe_steps * steps_per_epoch, 2)}
+    result["budget_s"] = round(args.minutes_d * 60, 1)
+    epochs = d_epochs(result["budget_s"], result["probe"]["compile_s"], result["probe"]["sgd_epoch_s"],
+                      cap=2 if args.dry_run else EPOCHS_CAP)
+    result["arms"] = {}
+    save(result)
+    for arm in ("sgd", "hta"):
+        result["arms"][arm] = run(arm, epochs)
+        save(result)
+    return result
 
 
-def stage_e(args):
+def stage_e(args, save):
     """Two twins' gradients: one jitted `vmap` over stacked weights against two jitted calls."""
     import jax
     import keras
@@ -329,6 +366,7 @@ def stage_e(args):
         agree = max(agree, max(float(np.max(np.abs(np.asarray(u[1]) - np.asarray(b)))) for u, b in zip(g_fused, g_b)))
         rows.append({"model": "vgg11_bn", "width": width, "batch": batch, **{f"{k}_s": v for k, v in timings.items()},
                      "fused_over_two": timings["fused_vmap"] / timings["two_calls"], "max_abs_grad_diff": agree})
+        save({"card": card, "rows": rows})
         keras.backend.clear_session()
     return {"card": card, "rows": rows}
 
@@ -359,10 +397,18 @@ def report(out, results):
                          f"{r['hta_over_2plain']:.2f} | {r['split_over_plain']:.2f} | {peaks} |")
     d = results.get("d")
     if d:
-        lines += ["", "## d. CIFAR-10, VGG11-BN", "", f"input pipeline alone: {d['pipeline_images_per_s']:.0f} images/s",
-                  "", "| arm | epochs | test accuracy | seconds | training images/s |", "|---|---|---|---|---|"]
-        lines += [f"| {arm} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']} | "
-                  f"{r['train_images_per_s']:.0f} |" for arm, r in d["arms"].items()]
+        lines += ["", f"## d. CIFAR-10, VGG11-BN (width {d['width']:g}, batch {d['batch']})", "",
+                  f"decoding {d['decode_s']} s; input pipeline alone (one thread, NumPy): "
+                  f"{d['pipeline_images_per_s']:.0f} images/s"]
+        if "probe" in d:
+            lines += [f"sizing: compilation {d['probe']['compile_s']} s, an SGD epoch {d['probe']['sgd_epoch_s']} s "
+                      f"(from {d['probe']['steps']} timed steps), {d['budget_s']} s of training for both arms"]
+        lines += ["", "| arm | epochs | test accuracy | seconds | first epoch s | later epochs s (median) | "
+                  "training images/s |", "|---|---|---|---|---|---|---|"]
+        for arm, r in d.get("arms", {}).items():
+            later = "-" if r["later_epoch_s"] is None else r["later_epoch_s"]
+            lines.append(f"| {arm} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']} | "
+                         f"{r['first_epoch_s']} | {later} | {r['train_images_per_s']:.0f} |")
     e = results.get("e")
     if e:
         lines += ["", "## e. Fused twins (vmap) against two calls, forward + backward", "",
@@ -372,8 +418,9 @@ def report(out, results):
                   f"{r['fused_over_two']:.2f} | {r['max_abs_grad_diff']:.1e} |" for r in e["rows"]]
     for stage, error in results.get("errors", {}).items():
         lines += ["", f"Stage {stage} did not finish: {error}"]
-    with open(os.path.join(out, "gpu_check.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    from keras_hta.experiments import write_atomic
+
+    write_atomic(os.path.join(out, "gpu_check.md"), lambda f: f.write("\n".join(lines) + "\n"))
     if c:
         from keras_hta.experiments.plots import _pyplot
 
@@ -388,19 +435,45 @@ def report(out, results):
         ax.set_title(f"step-time ratios ({results.get('card', '?')})")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(os.path.join(out, "step_time.png"), dpi=120)
+        write_atomic(os.path.join(out, "step_time.png"), lambda f: fig.savefig(f, dpi=120, format="png"), mode="wb")
     return "\n".join(lines)
 
 
 def _child(args):
-    """Runs one stage here (KERAS_BACKEND=jax, set by the driver) and writes its JSON at once."""
+    """Runs one stage here (KERAS_BACKEND=jax, set by the driver), writing its JSON as rows finish and at the end."""
     import keras
 
     if keras.backend.backend() != "jax":
         raise SystemExit(f"gpu_check stages run on JAX; this process has KERAS_BACKEND={keras.backend.backend()}")
-    result = globals()[f"stage_{args.stage}"](args)
-    result["tensorflow_imported"] = "tensorflow" in sys.modules
-    _write(os.path.join(args.out, f"stage_{args.stage}.json"), result)
+    path = os.path.join(args.out, f"stage_{args.stage}.json")
+
+    def save(result, complete=False):
+        _write(path, {**result, "complete": complete, "tensorflow_imported": "tensorflow" in sys.modules})
+
+    save(globals()[f"stage_{args.stage}"](args, save), complete=True)
+
+
+def _versions():
+    """What the check ran on, read without importing JAX (the driver must not take the GPU's memory)."""
+    import importlib.metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "keras", "numpy", "pillow"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _stage_limits(stage, remaining, dry_run, d_follows=True):
+    """(time limit, training minutes for d) of a stage given the seconds left of the budget."""
+    scale = 3 if dry_run else 1  # the dry run's CPU is slower at everything
+    if stage != "d":
+        return min(LIMITS[stage] * scale, max(1.0, remaining - D_MINIMUM * scale * d_follows)), None
+    limit = max(remaining, D_MINIMUM * scale)
+    return limit, max(0.5, (limit - D_OVERHEAD * scale) / 60)
 
 
 def main():
@@ -410,12 +483,17 @@ def main():
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpeg.tar.gz"),
                         help="the CIFAR-10 JPEG tarball or image folder for stage d")
-    parser.add_argument("--minutes-d", type=float, default=2.5, help="training time for stage d, both arms")
+    parser.add_argument("--budget", type=float, default=540,
+                        help="seconds for all stages together (the dry run gets 3 times as many)")
+    parser.add_argument("--minutes-d", type=float, default=4.0,
+                        help="at most this much training in stage d, both arms (it gets what the budget leaves)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "gpu"), help="where the results go")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage here
     args = parser.parse_args()
     if args.minutes_d <= 0:
         parser.error(f"argument --minutes-d must be > 0. Received: {args.minutes_d}")
+    if args.budget <= 0:
+        parser.error(f"argument --budget must be > 0. Received: {args.budget}")
     if "d" in args.stages and not args.dry_run and not os.path.exists(args.data):
         parser.error(f"argument --data does not exist. Received: {args.data}")
     os.makedirs(args.out, exist_ok=True)
@@ -427,27 +505,42 @@ def main():
     if args.dry_run:  # two host devices stand in for two GPUs, and JAX stays on the CPU
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
         env["JAX_PLATFORMS"] = "cpu"
-    results, errors = {}, {}
-    for stage in args.stages:
-        print(f"stage {stage} ...", flush=True)
+    budget = args.budget * (3 if args.dry_run else 1)
+    results, errors, began = {}, {}, time.perf_counter()
+    for stage in [s for s in STAGES if s in args.stages]:
+        limit, minutes = _stage_limits(stage, budget - (time.perf_counter() - began), args.dry_run,
+                                       d_follows="d" in args.stages)
+        minutes = args.minutes_d if minutes is None else min(args.minutes_d, minutes)
+        print(f"stage {stage} ... (at most {limit:.0f} s)", flush=True)
         command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--out", args.out, "--data", args.data,
-                   "--minutes-d", str(args.minutes_d)] + (["--dry-run"] if args.dry_run else [])
+                   "--minutes-d", f"{minutes:.3f}"] + (["--dry-run"] if args.dry_run else [])
+        path = os.path.join(args.out, f"stage_{stage}.json")
+        if os.path.exists(path):
+            os.remove(path)  # an earlier run's rows are not this run's
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env,
-                                  timeout=LIMITS[stage] * (3 if args.dry_run else 1))
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=limit)
             if done.returncode:
-                errors[stage] = done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else f"exit {done.returncode}"
+                tail = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+                errors[stage] = tail[-1][:300]
+                print("\n".join(tail[-25:]), flush=True)  # what a lent GPU's output must show
         except subprocess.TimeoutExpired:
-            errors[stage] = f"timed out after {LIMITS[stage]} s"
-        path = os.path.join(args.out, f"stage_{stage}.json")
-        if os.path.exists(path) and stage not in errors:
+            errors[stage] = f"timed out after {limit:.0f} s"
+        if os.path.exists(path):
             with open(path) as f:
                 results[stage] = json.load(f)
             results["card"] = results[stage].get("card")
-        print(f"stage {stage}: {'done' if stage in results else errors.get(stage)} in {time.perf_counter() - start:.0f} s",
-              flush=True)
+            if not results[stage].get("complete"):
+                kept = len(results[stage].get("rows", results[stage].get("arms", [])))
+                errors[stage] = errors.get(stage, "did not finish") + f"; kept what it finished: {kept} row(s)"
+        for name in os.listdir(args.out):  # a temporary file of a write the time limit cut short
+            if name.startswith(f".stage_{stage}.json-"):
+                os.remove(os.path.join(args.out, name))
+        done_line = "done" if stage not in errors else errors[stage]
+        print(f"stage {stage}: {done_line} in {time.perf_counter() - start:.0f} s", flush=True)
     results["errors"] = errors
+    results["versions"] = _versions()
+    results["seconds"] = round(time.perf_counter() - began, 1)
     results["command"] = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:])
     _write(os.path.join(args.out, "gpu_check.json"), results)
     print(report(args.out, results))

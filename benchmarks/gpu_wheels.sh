@@ -13,6 +13,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
     "keras==$keras_version" namex optree
-cp ../shared/datasets/cifar10-jpeg.tar.gz .whl/
+install -m 0644 ../shared/datasets/cifar10-jpeg.tar.gz .whl/  # writable: a rerun replaces it
 ls -l .whl
 du -sh .whl
