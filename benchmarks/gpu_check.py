@@ -61,11 +61,13 @@ def _write(path, obj):
     write_atomic(path, lambda f: json.dump(obj, f, indent=1))
 
 
-def _card(dry_run):
+def _card(args):
     import jax
 
-    if dry_run:
+    if args.dry_run:
         return "CPU (dry run)"
+    if args.rehearse:
+        return "CPU (rehearsal of stage d)"
     device = jax.devices()[0]
     if device.platform == "cpu":
         raise SystemExit("No GPU visible to JAX: run with --dry-run on a CPU machine.")
@@ -117,7 +119,7 @@ def _max_diff(a, b):
 def stage_a(args, save):
     import jax
 
-    card = _card(args.dry_run)
+    card = _card(args)
     cpu = jax.devices("cpu")[0]
     reference = _fit_small(False, "float32", device=cpu)
     plain_reference = _fit_small(False, "float32", device=cpu, plain=True)
@@ -139,7 +141,7 @@ def stage_a(args, save):
 def stage_b(args, save):
     import keras
 
-    card = _card(args.dry_run)
+    card = _card(args)
     devices = keras.distribution.list_devices("cpu" if args.dry_run else None)
     if len(devices) < 2:
         return {"card": card, "skipped": f"{len(devices)} device visible: DataParallel needs 2"}
@@ -199,7 +201,7 @@ def stage_c(args, save):
     from keras_hta.experiments import models
     from keras_hta.experiments.data import RepeatedBatches
 
-    card = _card(args.dry_run)
+    card = _card(args)
     width, batch, steps, rounds = (1 / 16, 8, 4, 2) if args.dry_run else (1.0, 128, 11, 3)
     depths = (11,) if args.dry_run else (11, 16)
     note = ("peak MiB: the device's peak after building and warming each variant in turn (cumulative within a "
@@ -256,7 +258,7 @@ def stage_d(args, save):
     import keras_hta as hta
     from keras_hta.experiments import data, models
 
-    card = _card(args.dry_run)
+    card = _card(args)
     start = time.perf_counter()
     if args.dry_run:
         rng = np.random.default_rng(0)
@@ -264,10 +266,16 @@ def stage_d(args, save):
              "y_train": rng.integers(0, 10, size=256).astype("int32"),
              "x_test": rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
              "y_test": rng.integers(0, 10, size=64).astype("int32")}
-        width, batch, probe_steps = 1 / 16, 32, 3
+        width, batch, probe_steps = 1 / 16, 32, 4
     else:
         d = data.load_image_folder(args.data)
         width, batch, probe_steps = 1.0, 128, 30
+        if args.rehearse:  # the same path at a size the CPU runs: stratified subsets, width 1/16
+            train = data.stratified_indices(d["y_train"], 4096, seed=0)
+            test = data.stratified_indices(d["y_test"], 1000, seed=0)
+            d = {"x_train": d["x_train"][train], "y_train": d["y_train"][train],
+                 "x_test": d["x_test"][test], "y_test": d["y_test"][test]}
+            width = 1 / 16
     result = {"card": card, "width": width, "batch": batch, "decode_s": round(time.perf_counter() - start, 1)}
     mean, std = data.channel_stats(d["x_train"])
     steps_per_epoch = int(np.ceil(len(d["y_train"]) / batch))
@@ -283,7 +291,7 @@ def stage_d(args, save):
         train = data.image_pipeline(d["x_train"], d["y_train"], batch, True, mean, std, seed=0)
         test = data.image_pipeline(d["x_test"], d["y_test"], batch, False, mean, std)
         network = models.vgg(11, width=width)
-        model, timer = network, _timer(steps=False)
+        model, timer = network, _timer(steps=bool(steps))
         callbacks = [timer]
         if arm == "hta":  # the paper's six L values over the run, squared norms, proximal update
             model = hta.HomotopyModel.from_model(network, homotopy_l=0.01)
@@ -295,7 +303,7 @@ def stage_d(args, save):
         history = model.fit(train, epochs=epochs, steps_per_epoch=steps, shuffle=False, callbacks=callbacks,
                             verbose=0 if args.dry_run or steps else 2)
         if steps:
-            return timer.seconds
+            return timer.times
         seconds = sum(timer.seconds)
         accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
         return {"epochs": epochs, "test_accuracy": float(accuracy), "seconds": round(seconds, 1),
@@ -304,10 +312,11 @@ def stage_d(args, save):
                 "train_images_per_s": len(d["y_train"]) * epochs / seconds,
                 "final_loss": float(history.history["loss"][-1])}
 
-    # Two short SGD epochs size the run: the first holds the compilation, the second times the steps.
-    first, second = run("sgd", 2, steps=probe_steps)
-    result["probe"] = {"steps": probe_steps, "compile_s": round(max(0.0, first - second), 2),
-                       "sgd_epoch_s": round(second / probe_steps * steps_per_epoch, 2)}
+    # Timed SGD steps size the run: the first holds the compilation, the others' median times an epoch.
+    times = run("sgd", 1, steps=probe_steps)
+    step_s = float(np.median(times[1:]))
+    result["probe"] = {"steps": len(times), "compile_s": round(max(0.0, times[0] - step_s), 2),
+                       "sgd_epoch_s": round(step_s * steps_per_epoch, 2)}
     result["budget_s"] = round(args.minutes_d * 60, 1)
     epochs = d_epochs(result["budget_s"], result["probe"]["compile_s"], result["probe"]["sgd_epoch_s"],
                       cap=2 if args.dry_run else EPOCHS_CAP)
@@ -327,7 +336,7 @@ def stage_e(args, save):
 
     from keras_hta.experiments import models
 
-    card = _card(args.dry_run)
+    card = _card(args)
     batch, reps = (8, 3) if args.dry_run else (128, 20)
     widths = (1 / 16, 1 / 8) if args.dry_run else (1 / 8, 1.0)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -480,6 +489,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="stage d alone on the CPU as the GPU runs it (the tarball, Pillow, batch 128, the "
+                             "sizing), on 4,096 training and 1,000 test images at width 1/16")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpeg.tar.gz"),
                         help="the CIFAR-10 JPEG tarball or image folder for stage d")
@@ -494,6 +506,10 @@ def main():
         parser.error(f"argument --minutes-d must be > 0. Received: {args.minutes_d}")
     if args.budget <= 0:
         parser.error(f"argument --budget must be > 0. Received: {args.budget}")
+    if args.rehearse and args.dry_run:
+        parser.error("argument --rehearse: not with --dry-run (it rehearses stage d's real path)")
+    if args.rehearse:
+        args.stages = ["d"]
     if "d" in args.stages and not args.dry_run and not os.path.exists(args.data):
         parser.error(f"argument --data does not exist. Received: {args.data}")
     os.makedirs(args.out, exist_ok=True)
@@ -505,6 +521,8 @@ def main():
     if args.dry_run:  # two host devices stand in for two GPUs, and JAX stays on the CPU
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
         env["JAX_PLATFORMS"] = "cpu"
+    if args.rehearse:
+        env["JAX_PLATFORMS"] = "cpu"
     budget = args.budget * (3 if args.dry_run else 1)
     results, errors, began = {}, {}, time.perf_counter()
     for stage in [s for s in STAGES if s in args.stages]:
@@ -513,7 +531,8 @@ def main():
         minutes = args.minutes_d if minutes is None else min(args.minutes_d, minutes)
         print(f"stage {stage} ... (at most {limit:.0f} s)", flush=True)
         command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--out", args.out, "--data", args.data,
-                   "--minutes-d", f"{minutes:.3f}"] + (["--dry-run"] if args.dry_run else [])
+                   "--minutes-d", f"{minutes:.3f}"] + (["--dry-run"] if args.dry_run else []) + \
+            (["--rehearse"] if args.rehearse else [])
         path = os.path.join(args.out, f"stage_{stage}.json")
         if os.path.exists(path):
             os.remove(path)  # an earlier run's rows are not this run's
@@ -538,6 +557,11 @@ def main():
                 os.remove(os.path.join(args.out, name))
         done_line = "done" if stage not in errors else errors[stage]
         print(f"stage {stage}: {done_line} in {time.perf_counter() - start:.0f} s", flush=True)
+    for stage in [s for s in STAGES if s not in args.stages]:  # an earlier run's, for one report of them all
+        path = os.path.join(args.out, f"stage_{stage}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results[stage] = json.load(f)
     results["errors"] = errors
     results["versions"] = _versions()
     results["seconds"] = round(time.perf_counter() - began, 1)

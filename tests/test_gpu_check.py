@@ -40,6 +40,9 @@ def test_gpu_check_dry_run_runs_every_stage_on_jax_without_tensorflow(tmp_path):
     row = result["c"]["rows"][0]
     assert row["hta_over_2plain"] == pytest.approx(row["hta_s"] / (2 * row["plain_s"]))
     assert set(result["d"]["arms"]) == {"sgd", "hta"} and result["d"]["pipeline_images_per_s"] > 0
+    probe = result["d"]["probe"]  # the epochs: sized from the timed steps, by d_epochs (capped at 2 here)
+    assert result["d"]["arms"]["sgd"]["epochs"] == min(2, max(1, int(
+        (result["d"]["budget_s"] - 3 * probe["compile_s"]) / (3.4 * probe["sgd_epoch_s"]))))
     for row in result["e"]["rows"]:  # the fused twins compute the same gradients as two calls
         assert row["max_abs_grad_diff"] < 1e-4
         assert row["fused_over_two"] == pytest.approx(row["fused_vmap_s"] / row["two_calls_s"])
@@ -95,13 +98,17 @@ def test_a_stage_cut_short_keeps_the_rows_it_saved(tmp_path, monkeypatch):
             raise subprocess.TimeoutExpired(command, timeout)
         raise AssertionError(stage)
 
-    (tmp_path / "stage_c.json").write_text("{}")  # an earlier run's
+    (tmp_path / "stage_c.json").write_text("{}")  # an earlier run's: replaced
+    stage_a = {"card": "X", "complete": True, "rows": [{"policy": "float32", "jit_compile": True, "seconds": 1.0,
+                                                        "max_abs_diff_vs_cpu": 3e-7, "plain_keras_max_abs_diff_vs_cpu": 2e-7}]}
+    (tmp_path / "stage_a.json").write_text(json.dumps(stage_a))  # an earlier run's, not rerun: reported with it
     monkeypatch.setattr(gpu_check.subprocess, "run", run)
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--stages", "c", "--out", str(tmp_path)])
     assert gpu_check.main() == 1
     assert calls == [("c", gpu_check.LIMITS["c"])]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["c"]["rows"][0]["hta_over_2plain"] == 1.05
+    assert result["c"]["rows"][0]["hta_over_2plain"] == 1.05 and result["a"] == stage_a
     assert result["errors"] == {"c": f"timed out after {gpu_check.LIMITS['c']} s; kept what it finished: 1 row(s)"}
-    assert "| vgg11_bn w1 b128 | True |" in (tmp_path / "gpu_check.md").read_text()
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "| vgg11_bn w1 b128 | True |" in report and "| float32 | True | 3.00e-07 | 2.00e-07 |" in report
     assert not (tmp_path / ".stage_c.json-abc").exists()
