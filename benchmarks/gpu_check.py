@@ -42,6 +42,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras: this check runs on JAX
@@ -518,6 +519,8 @@ def main():
         return 0
 
     env = dict(os.environ, KERAS_BACKEND="jax")  # the stages run on JAX whatever the caller's backend
+    # Stage d's decoded images: in the temporary folder unless told otherwise (a lent machine's home may not be ours).
+    env.setdefault("KERAS_HTA_CACHE", os.path.join(tempfile.gettempdir(), "keras_hta_gpu_check"))
     if args.dry_run:  # two host devices stand in for two GPUs, and JAX stays on the CPU
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
         env["JAX_PLATFORMS"] = "cpu"
