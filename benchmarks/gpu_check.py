@@ -54,12 +54,26 @@ LIMITS = {"a": 80, "b": 60, "c": 150, "e": 70}  # seconds at most per stage on t
 D_MINIMUM = 120  # seconds kept for stage d whatever the others take
 D_OVERHEAD = 90  # of stage d's seconds, those not training: start, decoding, the probe, compiling evaluation
 EPOCHS_CAP = 30
+DRY_RUN_SCALE = 3  # the dry run's CPU is slower at everything: its limits and budget are this many times longer
 
 
 def _write(path, obj):
     from keras_hta.experiments import write_atomic
 
     write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def _stage_path(out, stage):
+    return os.path.join(out, f"stage_{stage}.json")
+
+
+def _read_stage(out, stage):
+    """A stage's saved result, or `None`."""
+    path = _stage_path(out, stage)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _card(args):
@@ -455,7 +469,7 @@ def _child(args):
 
     if keras.backend.backend() != "jax":
         raise SystemExit(f"gpu_check stages run on JAX; this process has KERAS_BACKEND={keras.backend.backend()}")
-    path = os.path.join(args.out, f"stage_{args.stage}.json")
+    path = _stage_path(args.out, args.stage)
 
     def save(result, complete=False):
         _write(path, {**result, "complete": complete, "tensorflow_imported": "tensorflow" in sys.modules})
@@ -479,7 +493,7 @@ def _versions():
 
 def _stage_limits(stage, remaining, dry_run, d_follows=True):
     """(time limit, training minutes for d) of a stage given the seconds left of the budget."""
-    scale = 3 if dry_run else 1  # the dry run's CPU is slower at everything
+    scale = DRY_RUN_SCALE if dry_run else 1
     if stage != "d":
         return min(LIMITS[stage] * scale, max(1.0, remaining - D_MINIMUM * scale * d_follows)), None
     limit = max(remaining, D_MINIMUM * scale)
@@ -497,7 +511,7 @@ def main():
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpeg.tar.gz"),
                         help="the CIFAR-10 JPEG tarball or image folder for stage d")
     parser.add_argument("--budget", type=float, default=540,
-                        help="seconds for all stages together (the dry run gets 3 times as many)")
+                        help=f"seconds for all stages together (the dry run gets {DRY_RUN_SCALE} times as many)")
     parser.add_argument("--minutes-d", type=float, default=4.0,
                         help="at most this much training in stage d, both arms (it gets what the budget leaves)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "gpu"), help="where the results go")
@@ -526,7 +540,7 @@ def main():
         env["JAX_PLATFORMS"] = "cpu"
     if args.rehearse:
         env["JAX_PLATFORMS"] = "cpu"
-    budget = args.budget * (3 if args.dry_run else 1)
+    budget = args.budget * (DRY_RUN_SCALE if args.dry_run else 1)
     results, errors, began = {}, {}, time.perf_counter()
     for stage in [s for s in STAGES if s in args.stages]:
         limit, minutes = _stage_limits(stage, budget - (time.perf_counter() - began), args.dry_run,
@@ -536,7 +550,7 @@ def main():
         command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--out", args.out, "--data", args.data,
                    "--minutes-d", f"{minutes:.3f}"] + (["--dry-run"] if args.dry_run else []) + \
             (["--rehearse"] if args.rehearse else [])
-        path = os.path.join(args.out, f"stage_{stage}.json")
+        path = _stage_path(args.out, stage)
         if os.path.exists(path):
             os.remove(path)  # an earlier run's rows are not this run's
         start = time.perf_counter()
@@ -548,12 +562,11 @@ def main():
                 print("\n".join(tail[-25:]), flush=True)  # what a lent GPU's output must show
         except subprocess.TimeoutExpired:
             errors[stage] = f"timed out after {limit:.0f} s"
-        if os.path.exists(path):
-            with open(path) as f:
-                results[stage] = json.load(f)
-            results["card"] = results[stage].get("card")
-            if not results[stage].get("complete"):
-                kept = len(results[stage].get("rows", results[stage].get("arms", [])))
+        saved = _read_stage(args.out, stage)
+        if saved is not None:
+            results[stage], results["card"] = saved, saved.get("card")
+            if not saved.get("complete"):
+                kept = len(saved.get("rows", saved.get("arms", [])))
                 errors[stage] = errors.get(stage, "did not finish") + f"; kept what it finished: {kept} row(s)"
         for name in os.listdir(args.out):  # a temporary file of a write the time limit cut short
             if name.startswith(f".stage_{stage}.json-"):
@@ -561,10 +574,9 @@ def main():
         done_line = "done" if stage not in errors else errors[stage]
         print(f"stage {stage}: {done_line} in {time.perf_counter() - start:.0f} s", flush=True)
     for stage in [s for s in STAGES if s not in args.stages]:  # an earlier run's, for one report of them all
-        path = os.path.join(args.out, f"stage_{stage}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                results[stage] = json.load(f)
+        saved = _read_stage(args.out, stage)
+        if saved is not None:
+            results[stage] = saved
     results["errors"] = errors
     results["versions"] = _versions()
     results["seconds"] = round(time.perf_counter() - began, 1)
