@@ -59,3 +59,22 @@ def test_cli_help_imports_no_tensorflow_and_prints_no_log_lines(command):
         options = out.stdout[out.stdout.index("  --epochs EPOCHS "):]
         help_text = " ".join(options[:options.index("--batch-size")].split())
         assert help_text.endswith("(default: 24)" if command[0] == "compare" else "(default: 6)"), help_text
+
+
+@pytest.mark.parametrize("command", [["compare"], ["tune"], ["nonconvex"], ["export", "model.keras", "out"]])
+def test_every_flag_with_a_default_says_it_in_help(command, capsys):
+    from keras_hta.experiments.cli import build_parser
+
+    parser = build_parser()
+    defaults = {dest: value for dest, value in vars(parser.parse_args(command)).items()
+                if value is not None and dest not in ("func", "command") and value not in command[1:]}
+    with pytest.raises(SystemExit):
+        parser.parse_args(command[:1] + ["--help"])
+    text = capsys.readouterr().out
+    assert len(defaults) >= (1 if command[0] == "export" else 5), defaults  # the flags' defaults, not positionals
+    for dest, value in defaults.items():
+        flag = "\n  --" + dest.replace("_", "-") + " "
+        assert flag in text, (dest, text)
+        block = text[text.index(flag) + 1:]
+        block = " ".join(block[:block.find("\n  -", 1) if "\n  -" in block[1:] else None].split())
+        assert block.endswith(f"(default: {value})"), (dest, block)

@@ -29,14 +29,15 @@ def _nonconvex_parser(sub):
         "nonconvex",
         help="Table 1: global minima found by BFGS and by the homotopy quasi-Newton method",
         description="The paper's non-convex benchmark (eq. 33, Table 1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--n", type=int, nargs="+", default=[2, 4, 6], help="dimensions")
     p.add_argument("--anchors", type=_anchor, nargs="+", default=["zeros", "init"],
                    help="homotopy anchors: zeros, init or a number c (anchor c*1)")
     p.add_argument("--grid", type=float, nargs="+", help="start grid per coordinate (when not given: the paper's)")
-    p.add_argument("--L-start", type=float, default=0.9)
-    p.add_argument("--L-stop", type=float, default=0.1)
-    p.add_argument("--L-step", type=float, default=-0.1)
+    p.add_argument("--L-start", type=float, default=0.9, help="the first L")
+    p.add_argument("--L-stop", type=float, default=0.1, help="the last L")
+    p.add_argument("--L-step", type=float, default=-0.1, help="the change of L between values")
     p.add_argument("--workers", type=int, default=None, help="processes (when not given: all CPUs)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="draw Figure 1 (n=2, with solver paths) to this PNG file")
@@ -110,6 +111,7 @@ def _export_parser(sub):
         "export",
         help="export a saved HomotopyModel (.keras) as a TF SavedModel for serving",
         description="Merge a saved HomotopyModel and write a TF SavedModel with a `serve` endpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a .keras file saved from a HomotopyModel")
     p.add_argument("path", help="the SavedModel directory to write")
@@ -136,16 +138,6 @@ def run_export(args):
     how = int(args.how) if args.how.isdigit() else args.how
     plain = keras_hta.export_saved_model(model, args.path, how=how)
     print(f"Exported {plain.name} ({how}, {len(plain.weights)} variables) to {args.path}")
-
-
-FLAG_HELP = {  # flags defined without a help text: what their line says before the default
-    "batch_size": "examples per batch", "lr": "SGD learning rate", "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay (0: none)", "seeds": "one run per seed and arm",
-    "lr_schedule": "constant, or cosine decay to 0 over the run", "epochs_per_L": "epochs spent at each L",
-    "split": "how the weights are split into groups", "anchor": "the anchor: zeros or the initial weights",
-    "tuner": "keras-tuner's search", "max_trials": "trials of the search", "seed": "the search's seed",
-    "L_start": "the first L", "L_stop": "the last L", "L_step": "the change of L between values",
-}
 
 
 def _kept(args):
@@ -176,11 +168,6 @@ def build_parser():
 
     add_compare_parser(sub)
     add_tune_parser(sub)
-    for subcommand in sub.choices.values():  # every --help shows every default
-        subcommand.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-        for action in subcommand._actions:
-            if action.help is None and action.option_strings and action.default is not None:
-                action.help = FLAG_HELP.get(action.dest, action.dest.replace("_", " "))
     return parser
 
 

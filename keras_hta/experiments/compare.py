@@ -11,6 +11,7 @@ flags sit beside them), then summarised in `results.md` (the paper's Table 2
 and Table 3 formats) and `val_error.png` (Figure 2).
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -29,21 +30,25 @@ def add_compare_parser(sub):
         "compare",
         help="train plain SGD and HTA with identical hyperparameters and compare",
         description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_model_arguments(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed and arm")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="constant, or cosine decay to 0 over the run")
     p.add_argument("--L-start", type=float, default=0.01, help="the first L (the paper's)")
     p.add_argument("--L-stop", type=float, default=0.005, help="the last L")
     p.add_argument("--L-step", type=float, default=-0.001, help="the change of L between values")
-    p.add_argument("--epochs-per-L", type=int, default=4)
+    p.add_argument("--epochs-per-L", type=int, default=4, help="epochs spent at each L")
     p.add_argument("--norm", choices=["squared", "l2"], default="squared",
                    help="squared (the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
     p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
                    help="proximal (the penalties applied exactly after each optimizer step; stable at any "
                         "learning rate) or gradient (an explicit gradient step on them)")
-    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels")
-    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros")
+    p.add_argument("--split", choices=["channels", "layers", "random"], default="channels",
+                   help="how the weights are split into groups")
+    p.add_argument("--anchor", choices=["zeros", "init"], default="zeros",
+                   help="the anchor: zeros or the initial weights")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["sgd", "hta"],
                    help="what to train: sgd (required), hta, and also hta_l2 (the authors' form: l2 norms, explicit "
                         "gradient step), hta_split (each twin sees half of each batch) and sgd_ema (SGD with "
@@ -67,10 +72,10 @@ def add_data_model_arguments(p):
                    help="when not given: cnn1d for mnist1d, vgg11 for images")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     p.add_argument("--epochs", type=int, default=24, help="epochs per run (compare: 24, the paper's 6 L values x 4)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=128, help="examples per batch")
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (0: none)")
     p.add_argument("--train-size", type=int, help="use a stratified, seeded subset of this many training examples")
     p.add_argument("--test-size", type=int, help="use a stratified, seeded subset of this many test examples")
     p.add_argument("--val-size", type=float, default=0.1,

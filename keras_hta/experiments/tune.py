@@ -4,6 +4,8 @@ The objective is measured on the validation split held out of the training
 data; the test set is never read.
 """
 
+import argparse
+
 
 def add_tune_parser(sub):
     from keras_hta.experiments.compare import add_data_model_arguments
@@ -12,15 +14,17 @@ def add_tune_parser(sub):
         "tune",
         help="search L schedules (and split, anchor) with keras-tuner",
         description="A small keras-tuner search over HTA's L schedule on the compare data sets and models.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_model_arguments(p)
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
-    p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random",
+                   help="keras-tuner's search")
+    p.add_argument("--max-trials", type=int, default=6, help="trials of the search")
     p.add_argument("--norm", choices=["squared", "l2"], default="squared",
-                   help="squared (default, the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
+                   help="squared (the paper's formula) or l2 (the authors' code; needs --penalty-update gradient)")
     p.add_argument("--penalty-update", choices=["proximal", "gradient"], default="proximal",
-                   help="proximal (default: the penalties applied exactly) or gradient (an explicit step)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="proximal (the penalties applied exactly) or gradient (an explicit step)")
+    p.add_argument("--seed", type=int, default=0, help="the search's seed")
     p.add_argument("--directory", default="tune_results", help="keras-tuner's folder")
     p.set_defaults(func=run_tune, epochs=6)
 
