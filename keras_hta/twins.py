@@ -2,9 +2,10 @@
 
 A twin is built once, at construction: Functional and Sequential networks
 are cloned (`keras.models.clone_model`, layer names suffixed), subclassed
-networks are rebuilt from their config (`from_config` + `build_from_config`,
-the path Keras itself takes when it loads a model), or built by a factory the
-user passes. Each twin weight is paired with θ's weight of the same layer
+networks, and Functional subclasses whose clone would not pair (a layer
+shared across nesting levels), are rebuilt from their config (`from_config` +
+`build_from_config`, the path Keras itself takes when it loads a model), or
+built by a factory the user passes. Each twin weight is paired with θ's weight of the same layer
 and name; which weights take part in HTA at a step follows their
 `trainable` flag, synchronised from θ, so freezing and unfreezing layers
 (fine-tuning) never shifts the pairing. At each step a twin is fed its part
@@ -66,7 +67,8 @@ def check_network(network, inputs=None, outputs=None):
 
 
 def warn_custom_step(network):
-    """Warns when `network` defines its own `train_step` or `compute_loss`, which HTA does not call."""
+    """Warns when `network` defines its own `train_step` or `compute_loss`, or carries a preprocessor (as
+    keras-hub's tasks do), which HTA does not call."""
     own = [name for name in ("train_step", "compute_loss")
            if getattr(type(network), name, None) is not getattr(keras.Model, name)]
     if own:
@@ -75,6 +77,14 @@ def warn_custom_step(network):
             "call: each twin's f is the loss passed to compile() plus its own losses (regularizers, add_loss), "
             "and HomotopyModel's step trains the twins. Compile HomotopyModel with that loss, or move a loss "
             "computed in train_step into the network's call() with self.add_loss().",
+            UserWarning, stacklevel=4,
+        )
+    preprocessor = getattr(network, "preprocessor", None)
+    if isinstance(preprocessor, keras.layers.Layer):
+        warnings.warn(
+            f"HomotopyModel: the network '{network.name}' has a preprocessor ({type(preprocessor).__name__}), "
+            "which HomotopyModel's fit, evaluate and predict do not run: give them preprocessed inputs, e.g. "
+            "`x, y, sample_weight = network.preprocessor(texts)` or `dataset.map(network.preprocessor)`.",
             UserWarning, stacklevel=4,
         )
 
@@ -94,6 +104,46 @@ def _build_like(twin, network):
         if not twin.weights and build_config.get("input_shape"):
             shape = [1 if d is None else d for d in build_config["input_shape"]]
             twin(np.zeros(shape, "float32"))
+
+
+def copy_of(network, clone):
+    """`clone(network)`, or `network`'s class rebuilt from its config where that clone cannot be used.
+
+    `keras.models.clone_model` raises on subclassed models, and copies a layer
+    that a Functional subclass calls both inside a nested model and directly
+    into two layers: keras-hub's causal LM tasks call the backbone's token
+    embedding again, reversed, for their logits, and the clone gets a second,
+    untied embedding (a weight more than the network). Where the clone raises,
+    or is built and does not pair with `network`, the class is rebuilt from its
+    config, as Keras' own `clone_model` does for a Functional subclass with a
+    `get_config` of its own; that copy keeps the class and its shared layers.
+
+    Returns:
+        The copy, built where `clone` built it; the caller builds a subclassed
+        copy and checks it with `pair_weights`.
+
+    Raises:
+        What rebuilding from the config raised, where `clone` raised too.
+    """
+    try:
+        copy = clone(network)
+    except (ValueError, TypeError, NotImplementedError):  # a subclassed model
+        return network.__class__.from_config(network.get_config())
+    if not copy.weights or _pairs(network, copy):  # unbuilt copies of subclassed models: the caller builds them
+        return copy
+    try:
+        rebuilt = network.__class__.from_config(network.get_config())
+    except Exception:  # Keras raises TypeError, NotImplementedError, ...: the clone's mismatch is the message
+        return copy
+    return rebuilt if _pairs(network, rebuilt) else copy
+
+
+def _pairs(network, copy):
+    try:
+        pair_weights(network, copy)
+    except ValueError:
+        return False
+    return True
 
 
 def clone_twin(network, suffix, factory=None):
@@ -131,12 +181,9 @@ def clone_twin(network, suffix, factory=None):
             raise TypeError(f"Argument `twin_factory` must return a keras.Model. Received: {twin!r}")
     else:
         try:
-            twin = keras.models.clone_model(network, clone_function=clone_layer)
-        except (ValueError, TypeError, NotImplementedError):  # subclassed networks: rebuilt from their config
-            try:
-                twin = network.__class__.from_config(network.get_config())
-            except Exception as error:  # Keras raises TypeError, NotImplementedError, ...
-                raise ValueError(f"{hint} ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+            twin = copy_of(network, lambda net: keras.models.clone_model(net, clone_function=clone_layer))
+        except Exception as error:  # from_config: Keras raises TypeError, NotImplementedError, ...
+            raise ValueError(f"{hint} ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
     _build_like(twin, network)
     if not twin.weights:
         raise ValueError(hint)

@@ -1,0 +1,121 @@
+"""HomotopyModel on keras-hub's models: a GPT-2 causal LM task (its token embedding tied to its logits) and a BERT
+text classifier, at minimal size, without their preprocessors.
+
+keras-hub is installed without its TensorFlow Text dependency (see `.ci/run`), so these run on every backend.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import keras
+import keras_hta as hta
+from conftest import BACKEND
+
+keras_hub = pytest.importorskip("keras_hub")
+
+VOCAB, LENGTH = 40, 8
+SIZE = dict(vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+            max_sequence_length=LENGTH, dropout=0.0)  # no dropout: every twin's step is then deterministic
+
+
+def _tokens(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = {"token_ids": rng.integers(0, VOCAB, (n, LENGTH)).astype("int32"),
+         "padding_mask": np.ones((n, LENGTH), "int32")}
+    return x, rng
+
+
+def _causal_lm(seed):
+    keras.utils.set_random_seed(seed)
+    return keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(**SIZE), preprocessor=None)
+
+
+def _call(net, x):
+    """The net's outputs in inference mode (a keras-hub task's own `predict` needs grain or TensorFlow)."""
+    return keras.ops.convert_to_numpy(net(x, training=False))
+
+
+def test_gpt2_causal_lm_twins_keep_the_tied_embedding_and_step_like_plain_keras():
+    x, rng = _tokens()
+    y = rng.integers(0, VOCAB, (8, LENGTH))
+    task = _causal_lm(0)
+    model = hta.HomotopyModel.from_model(task, anchor="init", homotopy_l=0.3, penalty_update="gradient")
+    twin = model.twins[0]
+    assert type(twin) is type(task) and len(twin.weights) == len(task.weights)  # one embedding, as in θ
+    reference = _causal_lm(0)
+    plain = keras.Model(reference.inputs, reference.outputs)  # the task's graph and weights, trained by plain fit
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for m in (plain, model):
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    h_plain = plain.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    h_hta = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    # At the anchor the penalties' gradient is zero: each twin takes plain SGD's step, the tied embedding's
+    # gradient (input and logits) included.
+    for net in model.nets:
+        for got, want in zip(net.get_weights(), reference.get_weights()):
+            np.testing.assert_allclose(got, want, atol=2e-6)
+    np.testing.assert_allclose(h_hta.history["loss"][0], 2 * h_plain.history["loss"][0], rtol=1e-5)
+
+
+def test_gpt2_causal_lm_trains_merges_into_its_class_saves_and_reloads(tmp_path):
+    x, rng = _tokens()
+    y = rng.integers(0, VOCAB, (8, LENGTH))
+    model = hta.HomotopyModel.from_model(_causal_lm(1), split="layers", homotopy_l=0.05)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert float(model.penalties()[1]) > 0  # the twins moved apart
+    expected = _call(model, x)
+    for how, net in (("theta", model.network), ("eta", model.twins[0])):
+        merged = hta.merge(model, how=how)
+        assert isinstance(merged, keras_hub.models.GPT2CausalLM)  # generate() and the rest come back
+        np.testing.assert_allclose(_call(merged, x), _call(net, x), atol=1e-6)
+    model.save(tmp_path / "lm.keras")
+    restored = keras.models.load_model(tmp_path / "lm.keras")
+    np.testing.assert_allclose(_call(restored, x), expected, atol=1e-6)
+    np.testing.assert_allclose(_call(restored.twins[0], x), _call(model.twins[0], x), atol=1e-6)
+
+
+def test_bert_backbone_under_a_classifier_head_trains_merges_and_exports(tmp_path):
+    x, rng = _tokens(n=16)
+    x["segment_ids"] = np.zeros_like(x["token_ids"])
+    y = rng.integers(0, 2, 16)
+    keras.utils.set_random_seed(2)
+    backbone = keras_hub.models.BertBackbone(**SIZE)
+    inputs = {name: keras.Input((LENGTH,), dtype="int32", name=name) for name in x}
+    network = keras.Model(inputs, keras.layers.Dense(2)(backbone(inputs)["pooled_output"]))
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.05)
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"])) and float(model.penalties()[1]) > 0
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(hta.merge(model).predict(x, verbose=0), expected, atol=1e-6)
+    if BACKEND != "tensorflow" or importlib.util.find_spec("tensorflow") is None:
+        return  # SavedModel export: TensorFlow only (tests/test_backends.py)
+    import tensorflow as tf
+
+    hta.export_saved_model(model, str(tmp_path / "served"))
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-5)
+
+
+def test_a_task_with_a_preprocessor_warns_and_trains_on_its_preprocessed_batches():
+    # A GPT-2 byte-pair tokenizer built in memory (no preset download): "a", "b" and " a", " b".
+    vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "Ġa": 4, "Ġb": 5}
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["Ġ a", "Ġ b"])
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=tokenizer, sequence_length=LENGTH)
+    keras.utils.set_random_seed(3)
+    task = keras_hub.models.GPT2CausalLM(
+        backbone=keras_hub.models.GPT2Backbone(**dict(SIZE, vocabulary_size=len(vocabulary))),
+        preprocessor=preprocessor)
+    with pytest.warns(UserWarning, match="has a preprocessor .GPT2CausalLMPreprocessor.*preprocessed inputs"):
+        model = hta.HomotopyModel.from_model(task, homotopy_l=0.1)
+    x, y, weights = preprocessor(["a b a", "b a", "a a b b", "b"])  # the padding is weighted 0
+    model.compile(optimizer=keras.optimizers.SGD(0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, sample_weight=weights, batch_size=4, epochs=1, verbose=0)
+    want = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, task(x), sample_weight=weights)
+    np.testing.assert_allclose(history.history["f_theta"][0], float(want), rtol=1e-5)
