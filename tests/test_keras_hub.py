@@ -70,8 +70,14 @@ def test_gpt2_causal_lm_trains_merges_into_its_class_saves_and_reloads(tmp_path)
     expected = _call(model, x)
     for how, net in (("theta", model.network), ("eta", model.twins[0])):
         merged = hta.merge(model, how=how)
-        assert isinstance(merged, keras_hub.models.GPT2CausalLM)  # generate() and the rest come back
+        assert isinstance(merged, keras_hub.models.GPT2CausalLM)
         np.testing.assert_allclose(_call(merged, x), _call(net, x), atol=1e-6)
+    mask = np.broadcast_to(np.arange(LENGTH) < 3, (2, LENGTH))  # two prompts of 3 tokens
+    prompt = {"token_ids": np.where(mask, x["token_ids"][:2], 0).astype("int32"), "padding_mask": mask}
+    for task in (merged, model.twins[0]):  # the task's own generate(), greedy: the merged η continues as η
+        task.compile(sampler="greedy")
+    np.testing.assert_array_equal(merged.generate(prompt, stop_token_ids=None)["token_ids"],
+                                  model.twins[0].generate(prompt, stop_token_ids=None)["token_ids"])
     model.save(tmp_path / "lm.keras")
     restored = keras.models.load_model(tmp_path / "lm.keras")
     np.testing.assert_allclose(_call(restored, x), expected, atol=1e-6)
