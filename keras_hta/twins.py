@@ -2,10 +2,9 @@
 
 A twin is built once, at construction: Functional and Sequential networks
 are cloned (`keras.models.clone_model`, layer names suffixed), subclassed
-networks, and Functional subclasses whose clone would not pair (a layer
-shared across nesting levels), are rebuilt from their config (`from_config` +
-`build_from_config`, the path Keras itself takes when it loads a model), or
-built by a factory the user passes. Each twin weight is paired with θ's weight of the same layer
+networks and Functional subclasses (keras-hub's tasks) are rebuilt from their
+config (`from_config` + `build_from_config`, the path Keras itself takes when
+it loads a model; `copy_of`), or built by a factory the user passes. Each twin weight is paired with θ's weight of the same layer
 and name; which weights take part in HTA at a step follows their
 `trainable` flag, synchronised from θ, so freezing and unfreezing layers
 (fine-tuning) never shifts the pairing. At each step a twin is fed its part
@@ -107,16 +106,19 @@ def _build_like(twin, network):
 
 
 def copy_of(network, clone):
-    """`clone(network)`, or `network`'s class rebuilt from its config where that clone cannot be used.
+    """A copy of `network` of its own class, weight for weight: `clone(network)`, or the class rebuilt from its config.
 
-    `keras.models.clone_model` raises on subclassed models, and copies a layer
-    that a Functional subclass calls both inside a nested model and directly
-    into two layers: keras-hub's causal LM tasks call the backbone's token
-    embedding again, reversed, for their logits, and the clone gets a second,
-    untied embedding (a weight more than the network). Where the clone raises,
-    or is built and does not pair with `network`, the class is rebuilt from its
-    config, as Keras' own `clone_model` does for a Functional subclass with a
-    `get_config` of its own; that copy keeps the class and its shared layers.
+    `keras.models.clone_model` raises on subclassed models, turns a Functional
+    subclass (keras-hub's tasks, say) into a plain Functional model, and
+    copies a layer that such a class calls both inside a nested model and
+    directly into two layers: keras-hub's causal LM tasks call the backbone's
+    token embedding again, reversed, for their logits, and the clone gets a
+    second, untied embedding (a weight more than the network). Where the
+    clone raises, is not of the network's class, or is built and does not pair
+    with it, the class is rebuilt from its config, as Keras' own `clone_model`
+    does for a Functional subclass with a `get_config` of its own; that copy
+    keeps the class and its shared layers. Where that rebuild fails or does
+    not pair either, the clone is kept.
 
     Returns:
         The copy, built where `clone` built it; the caller builds a subclassed
@@ -129,11 +131,11 @@ def copy_of(network, clone):
         copy = clone(network)
     except (ValueError, TypeError, NotImplementedError):  # a subclassed model
         return network.__class__.from_config(network.get_config())
-    if not copy.weights or _pairs(network, copy):  # unbuilt copies of subclassed models: the caller builds them
-        return copy
+    if not copy.weights or (type(copy) is type(network) and _pairs(network, copy)):
+        return copy  # unbuilt: a copy of a subclassed model, which the caller builds
     try:
         rebuilt = network.__class__.from_config(network.get_config())
-    except Exception:  # Keras raises TypeError, NotImplementedError, ...: the clone's mismatch is the message
+    except Exception:  # Keras raises TypeError, NotImplementedError, ...: the clone it is
         return copy
     return rebuilt if _pairs(network, rebuilt) else copy
 

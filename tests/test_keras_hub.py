@@ -1,5 +1,6 @@
-"""HomotopyModel on keras-hub's models: a GPT-2 causal LM task (its token embedding tied to its logits) and a BERT
-text classifier, at minimal size, without their preprocessors.
+"""HomotopyModel on keras-hub's models at minimal size: tasks (GPT-2 and BERT masked LMs, whose logits reuse the
+token embedding; a BERT text classifier; a ResNet image classifier), a BERT backbone under a head of our own, and a
+task with a preprocessor (a tokenizer built in memory).
 
 keras-hub is installed without its TensorFlow Text dependency (see `.ci/run`), so these run on every backend.
 """
@@ -125,3 +126,44 @@ def test_a_task_with_a_preprocessor_warns_and_trains_on_its_preprocessed_batches
     history = model.fit(x, y, sample_weight=weights, batch_size=4, epochs=1, verbose=0)
     want = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, task(x), sample_weight=weights)
     np.testing.assert_allclose(history.history["f_theta"][0], float(want), rtol=1e-5)
+
+
+def _bert(seed):
+    keras.utils.set_random_seed(seed)
+    return keras_hub.models.BertBackbone(**SIZE)
+
+
+TASKS = {  # name: (task, x, y)
+    "BertMaskedLM": lambda rng: (  # its logits reuse the token embedding, as GPT-2's do
+        keras_hub.models.BertMaskedLM(_bert(4), preprocessor=None),
+        dict(_tokens(4)[0], segment_ids=np.zeros((4, LENGTH), "int32"),
+             mask_positions=np.array([[1, 5]] * 4, "int32")),
+        rng.integers(0, VOCAB, (4, 2))),
+    "BertTextClassifier": lambda rng: (
+        keras_hub.models.BertTextClassifier(_bert(5), num_classes=3, preprocessor=None, dropout=0.0),
+        dict(_tokens(4)[0], segment_ids=np.zeros((4, LENGTH), "int32")), rng.integers(0, 3, 4)),
+    "ResNetImageClassifier": lambda rng: (  # convolutions and BatchNorm
+        keras_hub.models.ResNetImageClassifier(
+            keras_hub.models.ResNetBackbone(
+                input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
+                stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+                image_shape=(16, 16, 3)),
+            num_classes=3, preprocessor=None),
+        rng.normal(size=(4, 16, 16, 3)).astype("float32"), rng.integers(0, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_a_task_s_twins_and_merged_copies_are_of_its_class(name):
+    rng = np.random.default_rng(6)
+    task, x, y = TASKS[name](rng)
+    model = hta.HomotopyModel.from_model(task, homotopy_l=0.1)
+    assert type(model.twins[0]) is type(task) and len(model.twins[0].weights) == len(task.weights)
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert float(model.penalties()[1]) > 0
+    for how, net in (("theta", model.network), ("eta", model.twins[0])):
+        merged = hta.merge(model, how=how)
+        assert type(merged) is type(task)
+        np.testing.assert_allclose(_call(merged, x), _call(net, x), atol=1e-6)
