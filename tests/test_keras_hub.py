@@ -83,6 +83,13 @@ def test_gpt2_causal_lm_trains_merges_into_its_class_saves_and_reloads(tmp_path)
     restored = keras.models.load_model(tmp_path / "lm.keras")
     np.testing.assert_allclose(_call(restored, x), expected, atol=1e-6)
     np.testing.assert_allclose(_call(restored.twins[0], x), _call(model.twins[0], x), atol=1e-6)
+    if BACKEND != "tensorflow" or importlib.util.find_spec("tensorflow") is None:
+        return  # SavedModel export: TensorFlow only (tests/test_backends.py)
+    import tensorflow as tf
+
+    hta.export_saved_model(model, str(tmp_path / "served"))
+    served = tf.saved_model.load(str(tmp_path / "served"))  # kept: its variables live as long as it does
+    np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-5)
 
 
 def test_bert_backbone_under_a_classifier_head_trains_merges_and_exports(tmp_path):
