@@ -26,7 +26,7 @@ def _select_weights(model, how):
 
 
 def _plain_copy(model):
-    """A plain copy of θ's architecture: from `twin_factory` if the model has one, else cloned (`twins.copy_of`).
+    """A plain copy of θ's architecture and class: from `twin_factory` if the model has one, else `twins.copy_of`.
 
     A subclassed copy is called once on zeros of its build shape, so that it
     can be exported at once (Keras exports only models that were called).
@@ -35,7 +35,7 @@ def _plain_copy(model):
     if factory is not None:
         plain = factory()
     else:
-        plain = twins_lib.copy_of(model.network, _clone_with_input_names)
+        plain = twins_lib.copy_of(model.network, _clone_with_input_names, keep_class=True)
     if not getattr(plain, "inputs", None):  # subclassed: build it as θ was built, by a call
         shape = (model.network.get_build_config() or {}).get("input_shape")
         if shape and not isinstance(shape[0], (list, tuple, dict)):

@@ -2,7 +2,8 @@
 
 A twin is built once, at construction: Functional and Sequential networks
 are cloned (`keras.models.clone_model`, layer names suffixed), subclassed
-networks and Functional subclasses (keras-hub's tasks) are rebuilt from their
+networks, and Functional subclasses whose clone does not pair (a layer shared
+across nesting levels, as in keras-hub's causal LMs), are rebuilt from their
 config (`from_config` + `build_from_config`, the path Keras itself takes when
 it loads a model; `copy_of`), or built by a factory the user passes. Each twin weight is paired with θ's weight of the same layer
 and name; which weights take part in HTA at a step follows their
@@ -105,20 +106,27 @@ def _build_like(twin, network):
             twin(np.zeros(shape, "float32"))
 
 
-def copy_of(network, clone):
-    """A copy of `network` of its own class, weight for weight: `clone(network)`, or the class rebuilt from its config.
+def copy_of(network, clone, keep_class=False):
+    """A copy of `network`, weight for weight: `clone(network)`, or the class rebuilt from its config.
 
     `keras.models.clone_model` raises on subclassed models, turns a Functional
-    subclass (keras-hub's tasks, say) into a plain Functional model, and
-    copies a layer that such a class calls both inside a nested model and
-    directly into two layers: keras-hub's causal LM tasks call the backbone's
-    token embedding again, reversed, for their logits, and the clone gets a
-    second, untied embedding (a weight more than the network). Where the
-    clone raises, is not of the network's class, or is built and does not pair
-    with it, the class is rebuilt from its config, as Keras' own `clone_model`
-    does for a Functional subclass with a `get_config` of its own; that copy
-    keeps the class and its shared layers. Where that rebuild fails or does
-    not pair either, the clone is kept.
+    subclass with a `get_config` of its own (keras-hub's tasks, say) into a
+    plain Functional model, and copies a layer that such a class calls both
+    inside a nested model and directly into two layers: keras-hub's causal LM
+    tasks call the backbone's token embedding again, reversed, for their
+    logits, and the clone gets a second, untied embedding (a weight more than
+    the network). Where the clone raises, or is built and does not pair with
+    the network (or, with `keep_class`, is not of its class), the class is
+    rebuilt from its config, as Keras' own `clone_model` does for such a
+    subclass; that copy keeps the class and its shared layers. Where the
+    rebuild fails or does not pair either, the clone is kept.
+
+    Args:
+        network: The built `keras.Model` to copy.
+        clone: Callable `network -> copy`, the first choice.
+        keep_class: Whether a copy of another class is rebuilt too (`merge`:
+            the user's class back). Twins are not: a twin cloned as a plain
+            Functional model keeps the checkpoint paths it was saved with.
 
     Returns:
         The copy, built where `clone` built it; the caller builds a subclassed
@@ -131,8 +139,10 @@ def copy_of(network, clone):
         copy = clone(network)
     except (ValueError, TypeError, NotImplementedError):  # a subclassed model
         return network.__class__.from_config(network.get_config())
-    if not copy.weights or (type(copy) is type(network) and _pairs(network, copy)):
-        return copy  # unbuilt: a copy of a subclassed model, which the caller builds
+    if not copy.weights:  # an unbuilt copy of a subclassed model: the caller builds it
+        return copy
+    if (type(copy) is type(network) or not keep_class) and _pairs(network, copy):
+        return copy
     try:
         rebuilt = network.__class__.from_config(network.get_config())
     except Exception:  # Keras raises TypeError, NotImplementedError, ...: the clone it is
