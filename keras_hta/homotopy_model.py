@@ -126,7 +126,7 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         **kwargs,
     ):
         network = twins_lib.check_network(network, inputs, outputs)
-        twins_lib.warn_custom_step(network)
+        twins_lib.warn_what_hta_does_not_run(network)
         penalties_lib.check_options(norm, penalty_update)
         twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")

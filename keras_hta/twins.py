@@ -5,10 +5,11 @@ are cloned (`keras.models.clone_model`, layer names suffixed), subclassed
 networks, and Functional subclasses whose clone does not pair (a layer shared
 across nesting levels, as in keras-hub's causal LMs), are rebuilt from their
 config (`from_config` + `build_from_config`, the path Keras itself takes when
-it loads a model; `copy_of`), or built by a factory the user passes. Each twin weight is paired with θ's weight of the same layer
-and name; which weights take part in HTA at a step follows their
-`trainable` flag, synchronised from θ, so freezing and unfreezing layers
-(fine-tuning) never shifts the pairing. At each step a twin is fed its part
+it loads a model; `copy_of`), or built by a factory the user passes. Each
+twin weight is paired with θ's weight of the same layer and name; which
+weights take part in HTA at a step follows their `trainable` flag,
+synchronised from θ, so freezing and unfreezing layers (fine-tuning) never
+shifts the pairing. At each step a twin is fed its part
 of the batch (`split_batch`) and scored by the compiled loss through a
 weightless model of its own (`compiled_loss`), so only θ's values reach
 Keras' loss metrics.
@@ -66,9 +67,11 @@ def check_network(network, inputs=None, outputs=None):
     return network
 
 
-def warn_custom_step(network):
-    """Warns when `network` defines its own `train_step` or `compute_loss`, or carries a preprocessor (as
-    keras-hub's tasks do), which HTA does not call."""
+def warn_what_hta_does_not_run(network):
+    """Warns of the parts of `network` that HTA does not run: its own `train_step`, `compute_loss`, `preprocessor`.
+
+    keras-hub's tasks carry a `preprocessor`, which their own `fit` applies.
+    """
     own = [name for name in ("train_step", "compute_loss")
            if getattr(type(network), name, None) is not getattr(keras.Model, name)]
     if own:

@@ -38,6 +38,17 @@ def _call(net, x):
     return keras.ops.convert_to_numpy(net(x, training=False))
 
 
+def _check_served(model, path, x, expected):
+    """On TensorFlow, `export_saved_model` writes a SavedModel whose `serve` gives `expected`; elsewhere nothing."""
+    if BACKEND != "tensorflow" or importlib.util.find_spec("tensorflow") is None:
+        return  # SavedModel export: TensorFlow only (tests/test_backends.py)
+    import tensorflow as tf
+
+    hta.export_saved_model(model, str(path))
+    served = tf.saved_model.load(str(path))  # kept: its variables live as long as it does
+    np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-5)
+
+
 def test_gpt2_causal_lm_twins_keep_the_tied_embedding_and_step_like_plain_keras():
     x, rng = _tokens()
     y = rng.integers(0, VOCAB, (8, LENGTH))
@@ -83,13 +94,7 @@ def test_gpt2_causal_lm_trains_merges_into_its_class_saves_and_reloads(tmp_path)
     restored = keras.models.load_model(tmp_path / "lm.keras")
     np.testing.assert_allclose(_call(restored, x), expected, atol=1e-6)
     np.testing.assert_allclose(_call(restored.twins[0], x), _call(model.twins[0], x), atol=1e-6)
-    if BACKEND != "tensorflow" or importlib.util.find_spec("tensorflow") is None:
-        return  # SavedModel export: TensorFlow only (tests/test_backends.py)
-    import tensorflow as tf
-
-    hta.export_saved_model(model, str(tmp_path / "served"))
-    served = tf.saved_model.load(str(tmp_path / "served"))  # kept: its variables live as long as it does
-    np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-5)
+    _check_served(model, tmp_path / "served", x, expected)
 
 
 def test_bert_backbone_under_a_classifier_head_trains_merges_and_exports(tmp_path):
@@ -107,13 +112,7 @@ def test_bert_backbone_under_a_classifier_head_trains_merges_and_exports(tmp_pat
     assert np.all(np.isfinite(history.history["loss"])) and float(model.penalties()[1]) > 0
     expected = model.predict(x, verbose=0)
     np.testing.assert_allclose(hta.merge(model).predict(x, verbose=0), expected, atol=1e-6)
-    if BACKEND != "tensorflow" or importlib.util.find_spec("tensorflow") is None:
-        return  # SavedModel export: TensorFlow only (tests/test_backends.py)
-    import tensorflow as tf
-
-    hta.export_saved_model(model, str(tmp_path / "served"))
-    served = tf.saved_model.load(str(tmp_path / "served"))
-    np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-5)
+    _check_served(model, tmp_path / "served", x, expected)
 
 
 def test_a_task_with_a_preprocessor_warns_and_trains_on_its_preprocessed_batches():
