@@ -55,7 +55,12 @@ def _gpu_check():
 
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved = dict(os.environ)
+    try:
+        spec.loader.exec_module(module)
+    finally:  # the script sets KERAS_BACKEND=jax for itself; later tests' subprocesses must not inherit it
+        os.environ.clear()
+        os.environ.update(saved)
     return module
 
 
