@@ -1,0 +1,101 @@
+"""The networks of the checkpoints in tests/checkpoints/ (written by its write.py, read by
+test_checkpoint_compat.py): what each checkpoint holds and how it was trained.
+
+Registered under their own package, so the files name them whatever module
+defines them. Changing a class here changes what the committed files mean:
+write new files under new names instead.
+"""
+
+import numpy as np
+
+import keras
+import keras_hta as hta
+
+
+@keras.saving.register_keras_serializable(package="keras_hta_checkpoints")
+class Tagger(keras.Model):
+    """A Functional subclass with its own `get_config`, as keras-hub's tasks are."""
+
+    def __init__(self, width=5, **kwargs):
+        inputs = keras.Input((4,), name="features")
+        h = keras.layers.Dense(width, activation="relu", name="hidden")(inputs)
+        outputs = keras.layers.Dense(3, name="head")(h)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.width = width
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name, "trainable": self.trainable}
+
+
+@keras.saving.register_keras_serializable(package="keras_hta_checkpoints")
+class Residual(keras.Model):
+    """A subclassed model with a `get_config`, rebuilt from it."""
+
+    def __init__(self, units=4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = keras.layers.Dense(units, activation="tanh")
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.head(x + self.inner(x))
+
+    def get_config(self):
+        return {"units": self.units, "name": self.name, "trainable": self.trainable}
+
+
+def data(n=24):
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(n, 4)).astype("float32"), rng.normal(size=(n, 3)).astype("float32")
+
+
+def schedule():
+    """The L schedule every checkpoint was trained with: 0.5, 0.4, 0.3, ... per epoch."""
+    return hta.HomotopyScheduler(hta.schedules.Linear(0.5, 0.1, -0.1))
+
+
+def _sequential():
+    return keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(6), keras.layers.BatchNormalization(),
+        keras.layers.Activation("tanh"), keras.layers.Dense(3),
+    ], name="mlp")
+
+
+def _residual():
+    net = Residual(name="residual")
+    net(np.zeros((1, 4), "float32"))
+    return net
+
+
+# name -> (network builder, HomotopyModel arguments, optimizer builder)
+CHECKPOINTS = {
+    "sequential_bn_channels": (
+        _sequential, dict(split="channels", anchor="init"),
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9)),
+    "functional_subclass_channels_3twins": (
+        lambda: Tagger(name="tagger"), dict(split="channels", num_groups=3, anchor="zeros"),
+        lambda: keras.optimizers.Adam(0.01)),
+    "subclassed_random_split_batch": (
+        _residual, dict(split="random", seed=3, anchor="init", twin_batch="split"),
+        lambda: keras.optimizers.SGD(0.05)),
+}
+
+
+def build(name):
+    """The compiled HomotopyModel of checkpoint `name`, before training."""
+    network, arguments, optimizer = CHECKPOINTS[name]
+    model = hta.HomotopyModel.from_model(network(), homotopy_l=0.5, **arguments)
+    model.compile(optimizer=optimizer(), loss="mse")
+    return model
+
+
+def fit(model, epochs):
+    """Training as the checkpoints were trained: batches of 8 in order, with the schedule."""
+    x, y = data()
+    return model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0, callbacks=[schedule()])
+
+
+def twin_outputs(model):
+    """Each twin's inference outputs on the checkpoints' inputs."""
+    x, _ = data()
+    return [keras.ops.convert_to_numpy(net(x, training=False)) for net in model.nets]
