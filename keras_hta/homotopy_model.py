@@ -154,7 +154,7 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         # θ̃ = 0, and random or custom groups are weights; channel and layer
         # groups are derived from the network (a vector per weight, an integer).
         self.homotopy_l = self._state(np.float32(homotopy_l), "homotopy_l")
-        self.homotopy_epoch = self._state(np.int64(0), "homotopy_epoch")
+        self.homotopy_epoch = self._state(np.int32(0), "homotopy_epoch", dtype="int")  # Keras' counter dtype
         self._anchor_weights = None if anchor_values is None else [
             self._state(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
         ]
@@ -179,11 +179,16 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         """
         return cls(network=model, **kwargs)
 
-    def _state(self, value, name):
-        """A non-trainable weight holding `value`, the same on every replica."""
+    def _state(self, value, name, dtype=None):
+        """A non-trainable weight holding `value`, the same on every replica.
+
+        `dtype` defaults to `value`'s; `"int"` is Keras' counter dtype, as for
+        the optimizer's iterations (int64 on TensorFlow, int32 elsewhere: JAX
+        warns of an int64 it would truncate).
+        """
         value = np.asarray(value)
         weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False, name=name,
-                                 dtype=value.dtype, aggregation="only_first_replica")
+                                 dtype=dtype or value.dtype, aggregation="only_first_replica")
         weight.assign(value)
         return weight
 
