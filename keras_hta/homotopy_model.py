@@ -154,7 +154,7 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         # θ̃ = 0, and random or custom groups are weights; channel and layer
         # groups are derived from the network (a vector per weight, an integer).
         self.homotopy_l = self._state(np.float32(homotopy_l), "homotopy_l")
-        self.homotopy_epoch = self._state(np.int32(0), "homotopy_epoch", dtype="int")  # Keras' counter dtype
+        self.homotopy_epoch = self._state(0, "homotopy_epoch", dtype="int")  # Keras' counter dtype
         self._anchor_weights = None if anchor_values is None else [
             self._state(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
         ]

@@ -23,7 +23,6 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 EXPECTED = dict(np.load(os.path.join(HERE, "expected.npz")))
 # The files were written on TensorFlow: the same float32 math, summed in another order elsewhere.
 ATOL = 1e-6 if BACKEND == "tensorflow" else 1e-5
-NETWORK_CLASS = {"functional_subclass_channels_3twins": cm.Tagger, "subclassed_random_split_batch": cm.Residual}
 
 
 @pytest.mark.parametrize("name", sorted(cm.CHECKPOINTS))
@@ -32,7 +31,8 @@ def test_a_checkpoint_of_earlier_code_loads_and_trains_on_as_it_would_have(name)
     assert want, f"no expected values for {name}"
     model = keras.models.load_model(os.path.join(HERE, f"{name}.keras"))
 
-    assert type(model.network) is NETWORK_CLASS.get(name, type(model.network))
+    network, _, _ = cm.CHECKPOINTS[name]
+    assert type(model.network) is type(network())  # Sequential, the Functional subclass, the subclassed model
     assert float(model.homotopy_l.numpy()) == pytest.approx(float(want["saved_l"]))
     assert int(model.homotopy_epoch.numpy()) == int(want["saved_epoch"])
     saved = cm.twin_outputs(model)
