@@ -1,10 +1,12 @@
 """Checkpoints written by earlier code load and train on with this code.
 
 tests/checkpoints/ holds `.keras` files of trained HomotopyModels written by
-an earlier commit on TensorFlow (`expected.npz` names it), with what that code
-computed from them: each twin's outputs as saved, L and the HTA epoch, and the
-loss, L and outputs after one more epoch of the same training
-(tests/checkpoints/write.py). A change that moves a weight's checkpoint path
+earlier commits on each backend (`expected.npz` names the commit and backend
+of each file), with what that code computed from them: each twin's outputs as
+saved, L and the HTA epoch, and the loss, L and outputs after one more epoch
+of the same training (tests/checkpoints/write.py). Every file loads on every
+backend: a JAX or PyTorch file holds the HTA epoch as int32, TensorFlow's as
+int64. A change that moves a weight's checkpoint path
 (a twin rebuilt as another class, say), renames a config key, or drops an
 anchor, mask or optimizer slot fails here, on every backend, instead of in a
 user's resumed run.
@@ -21,27 +23,37 @@ from conftest import BACKEND
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 EXPECTED = dict(np.load(os.path.join(HERE, "expected.npz")))
-# The files were written on TensorFlow: the same float32 math, summed in another order elsewhere.
-ATOL = 1e-6 if BACKEND == "tensorflow" else 1e-5
+# One checkpoint per file: "NAME" (written on TensorFlow) or "NAME.BACKEND".
+FILES = sorted({key.split("/", 1)[0] for key in EXPECTED})
 
 
-@pytest.mark.parametrize("name", sorted(cm.CHECKPOINTS))
-def test_a_checkpoint_of_earlier_code_loads_and_trains_on_as_it_would_have(name):
-    want = {key.split("/", 1)[1]: value for key, value in EXPECTED.items() if key.startswith(f"{name}/")}
-    assert want, f"no expected values for {name}"
-    model = keras.models.load_model(os.path.join(HERE, f"{name}.keras"))
+def test_every_checkpoint_file_has_its_expected_values_and_every_model_a_file_per_backend():
+    on_disk = sorted(f[: -len(".keras")] for f in os.listdir(HERE) if f.endswith(".keras"))
+    assert on_disk == FILES
+    written_on = {str(EXPECTED[f"{stem}/written_by"]).rsplit(" ", 1)[1] for stem in FILES}
+    assert written_on == {"tensorflow", "jax", "torch"}
+    for name in cm.CHECKPOINTS:
+        assert {stem for stem in FILES if stem.split(".")[0] == name} == {name, f"{name}.jax", f"{name}.torch"}
 
-    network, _, _ = cm.CHECKPOINTS[name]
+
+@pytest.mark.parametrize("stem", FILES)
+def test_a_checkpoint_of_earlier_code_loads_and_trains_on_as_it_would_have(stem):
+    want = {key.split("/", 1)[1]: value for key, value in EXPECTED.items() if key.startswith(f"{stem}/")}
+    # The same float32 math as when written; on another backend, summed in another order.
+    atol = 1e-6 if str(want["written_by"]).endswith(f"backend {BACKEND}") else 1e-5
+    model = keras.models.load_model(os.path.join(HERE, f"{stem}.keras"))
+
+    network, _, _ = cm.CHECKPOINTS[str(want.get("network", stem))]  # TensorFlow's first files: the stem is the name
     assert type(model.network) is type(network())  # Sequential, the Functional subclass, the subclassed model
     assert float(model.homotopy_l.numpy()) == pytest.approx(float(want["saved_l"]))
     assert int(model.homotopy_epoch.numpy()) == int(want["saved_epoch"])
     saved = cm.twin_outputs(model)
     assert len(saved) == sum(key.startswith("saved_outputs_") for key in want)
     for k, got in enumerate(saved):
-        np.testing.assert_allclose(got, want[f"saved_outputs_{k}"], atol=ATOL, err_msg=f"twin {k} as saved")
+        np.testing.assert_allclose(got, want[f"saved_outputs_{k}"], atol=atol, err_msg=f"twin {k} as saved")
 
     history = cm.fit(model, epochs=1)  # the schedule goes on from the saved epoch; anchors, masks, slots as saved
     assert history.history["homotopy_l"][-1] == pytest.approx(float(want["next_l"]))
-    np.testing.assert_allclose(history.history["loss"][-1], want["next_loss"], rtol=10 * ATOL)
+    np.testing.assert_allclose(history.history["loss"][-1], want["next_loss"], rtol=10 * atol)
     for k, got in enumerate(cm.twin_outputs(model)):
-        np.testing.assert_allclose(got, want[f"next_outputs_{k}"], atol=10 * ATOL, err_msg=f"twin {k} one epoch on")
+        np.testing.assert_allclose(got, want[f"next_outputs_{k}"], atol=10 * atol, err_msg=f"twin {k} one epoch on")

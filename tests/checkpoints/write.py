@@ -1,12 +1,16 @@
 """Writes the checkpoints that test_checkpoint_compat.py loads with later code.
 
-    KERAS_BACKEND=tensorflow python tests/checkpoints/write.py
+    KERAS_BACKEND=tensorflow python tests/checkpoints/write.py   # NAME.keras
+    KERAS_BACKEND=jax python tests/checkpoints/write.py          # NAME.jax.keras
+    KERAS_BACKEND=torch python tests/checkpoints/write.py        # NAME.torch.keras
 
-Each `NAME.keras` is a HomotopyModel of `checkpoint_models.CHECKPOINTS[NAME]`
-trained 2 epochs; `expected.npz` holds, per checkpoint, its twins' outputs,
-L and the HTA epoch as saved, and the loss and twins' outputs after one more
-epoch of the same training. Run it only to add a checkpoint under a new name:
-rewriting the files with new code would test nothing.
+Each file is a HomotopyModel of `checkpoint_models.CHECKPOINTS[NAME]` trained
+2 epochs on that backend (TensorFlow's files, the first written, have no
+backend in their name); `expected.npz` holds, per file, the network's NAME, its
+twins' outputs, L and the HTA epoch as saved, and the loss and twins' outputs
+after one more epoch of the same training. Run it only to add checkpoints
+under new names or for another backend: files that exist are kept, since
+rewriting them with new code would test nothing.
 """
 
 import os
@@ -26,8 +30,10 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout
     written_by = f"keras-hta {commit.strip()} keras {keras.__version__} backend {keras.backend.backend()}"
     expected = {}
+    backend = keras.backend.backend()
     for name in cm.CHECKPOINTS:
-        path = os.path.join(here, f"{name}.keras")
+        stem = name if backend == "tensorflow" else f"{name}.{backend}"
+        path = os.path.join(here, f"{stem}.keras")
         if os.path.exists(path):
             print(f"{path} exists: kept (write new checkpoints under new names)")
             continue
@@ -35,16 +41,17 @@ def main():
         model = cm.build(name)
         cm.fit(model, epochs=2)
         model.save(path)
+        expected[f"{stem}/network"] = np.array(name)
         for k, out in enumerate(cm.twin_outputs(model)):
-            expected[f"{name}/saved_outputs_{k}"] = out
-        expected[f"{name}/saved_l"] = np.float32(model.homotopy_l.numpy())
-        expected[f"{name}/saved_epoch"] = np.int64(model.homotopy_epoch.numpy())
+            expected[f"{stem}/saved_outputs_{k}"] = out
+        expected[f"{stem}/saved_l"] = np.float32(model.homotopy_l.numpy())
+        expected[f"{stem}/saved_epoch"] = np.int64(model.homotopy_epoch.numpy())
         history = cm.fit(model, epochs=1)
-        expected[f"{name}/next_loss"] = np.float32(history.history["loss"][-1])
-        expected[f"{name}/next_l"] = np.float32(history.history["homotopy_l"][-1])
+        expected[f"{stem}/next_loss"] = np.float32(history.history["loss"][-1])
+        expected[f"{stem}/next_l"] = np.float32(history.history["homotopy_l"][-1])
         for k, out in enumerate(cm.twin_outputs(model)):
-            expected[f"{name}/next_outputs_{k}"] = out
-        expected[f"{name}/written_by"] = np.array(written_by)
+            expected[f"{stem}/next_outputs_{k}"] = out
+        expected[f"{stem}/written_by"] = np.array(written_by)
         print(f"wrote {path}")
     npz = os.path.join(here, "expected.npz")
     if os.path.exists(npz):
