@@ -81,6 +81,11 @@ CHECKPOINTS = {
 }
 
 
+def stem(name, backend):
+    """The file stem of checkpoint `name` written on `backend`: TensorFlow's, the first written, carry no backend."""
+    return name if backend == "tensorflow" else f"{name}.{backend}"
+
+
 def build(name):
     """The compiled HomotopyModel of checkpoint `name`, before training."""
     network, arguments, optimizer = CHECKPOINTS[name]

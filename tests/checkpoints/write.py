@@ -6,9 +6,9 @@
 
 Each file is a HomotopyModel of `checkpoint_models.CHECKPOINTS[NAME]` trained
 2 epochs on that backend (TensorFlow's files, the first written, have no
-backend in their name); `expected.npz` holds, per file, the network's NAME, its
-twins' outputs, L and the HTA epoch as saved, and the loss and twins' outputs
-after one more epoch of the same training. Run it only to add checkpoints
+backend in their name, `checkpoint_models.stem`); `expected.npz` holds, per
+file, its twins' outputs, L and the HTA epoch as saved, and the loss and twins'
+outputs after one more epoch of the same training. Run it only to add checkpoints
 under new names or for another backend: files that exist are kept, since
 rewriting them with new code would test nothing.
 """
@@ -28,11 +28,11 @@ import checkpoint_models as cm  # noqa: E402
 
 def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout
-    written_by = f"keras-hta {commit.strip()} keras {keras.__version__} backend {keras.backend.backend()}"
-    expected = {}
     backend = keras.backend.backend()
+    written_by = f"keras-hta {commit.strip()} keras {keras.__version__} backend {backend}"
+    expected = {}
     for name in cm.CHECKPOINTS:
-        stem = name if backend == "tensorflow" else f"{name}.{backend}"
+        stem = cm.stem(name, backend)
         path = os.path.join(here, f"{stem}.keras")
         if os.path.exists(path):
             print(f"{path} exists: kept (write new checkpoints under new names)")
@@ -41,7 +41,6 @@ def main():
         model = cm.build(name)
         cm.fit(model, epochs=2)
         model.save(path)
-        expected[f"{stem}/network"] = np.array(name)
         for k, out in enumerate(cm.twin_outputs(model)):
             expected[f"{stem}/saved_outputs_{k}"] = out
         expected[f"{stem}/saved_l"] = np.float32(model.homotopy_l.numpy())
