@@ -42,7 +42,7 @@ setup(
             "mnist1d>=0.0.2",  # generates MNIST-1D locally: the offline default data set
             "requests",  # mnist1d imports it
         ],
-        "test": ["pytest>=7", "scipy>=1.11"],
+        "test": ["pytest>=7.3", "scipy>=1.11"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

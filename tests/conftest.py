@@ -8,11 +8,17 @@ package's tests, which CI runs once, in the TensorFlow pass; the library's
 tests run under every backend (`.ci/run`).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# keras_hta.experiments.data's cache: never the user's ~/.keras during tests.
-os.environ.setdefault("KERAS_HTA_CACHE", __import__("tempfile").mkdtemp(prefix="keras_hta_cache_"))
+# keras_hta.experiments.data's cache: never the user's ~/.keras during tests,
+# and removed when the run ends (one per run was left in /tmp before).
+if "KERAS_HTA_CACHE" not in os.environ:
+    os.environ["KERAS_HTA_CACHE"] = tempfile.mkdtemp(prefix="keras_hta_cache_")
+    atexit.register(shutil.rmtree, os.environ["KERAS_HTA_CACHE"], ignore_errors=True)
 if os.environ.get("KERAS_BACKEND") == "jax":  # two host devices for keras.distribution tests
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
