@@ -8,17 +8,9 @@ package's tests, which CI runs once, in the TensorFlow pass; the library's
 tests run under every backend (`.ci/run`).
 """
 
-import atexit
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# keras_hta.experiments.data's cache: never the user's ~/.keras during tests,
-# and removed when the run ends (one per run was left in /tmp before).
-if "KERAS_HTA_CACHE" not in os.environ:
-    os.environ["KERAS_HTA_CACHE"] = tempfile.mkdtemp(prefix="keras_hta_cache_")
-    atexit.register(shutil.rmtree, os.environ["KERAS_HTA_CACHE"], ignore_errors=True)
 if os.environ.get("KERAS_BACKEND") == "jax":  # two host devices for keras.distribution tests
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
@@ -56,6 +48,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorflow_only" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _keras_hta_cache(tmp_path_factory):
+    """keras_hta.experiments.data's cache: never the user's ~/.keras during tests.
+
+    A folder of pytest's own temporary tree, so it goes with the tree: removed
+    after a passing run (tmp_path_retention_policy in pyproject.toml)."""
+    if "KERAS_HTA_CACHE" in os.environ:
+        yield
+        return
+    os.environ["KERAS_HTA_CACHE"] = str(tmp_path_factory.mktemp("keras_hta_cache"))
+    yield
+    del os.environ["KERAS_HTA_CACHE"]
 
 
 @pytest.fixture(autouse=True)
