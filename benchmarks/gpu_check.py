@@ -17,8 +17,9 @@ finishes, so a time-out keeps what finished. The driver then writes
      more than one accelerator is visible (one skipped line otherwise; the
      dry run uses 2 host devices);
   c. step time at batch 128: plain vs HTA vs HTA split for VGG11-BN and
-     VGG16-BN at full width, with and without XLA, medians from alternating
-     rounds in one process; peak device memory per variant;
+     VGG16-BN at full width, with and without XLA (the dry run: with XLA),
+     medians from alternating rounds in one process; peak device memory per
+     variant;
   d. full-width VGG11-BN on CIFAR-10 (the shared JPEG tarball, decoded with
      Pillow, NumPy augmentation), SGD vs HTA (squared norms, proximal update,
      the paper's L schedule), same seed and batches, cosine learning rate,
@@ -219,6 +220,9 @@ def stage_c(args, save):
     card = _card(args)
     width, batch, steps, rounds = (1 / 16, 8, 4, 2) if args.dry_run else (1.0, 128, 11, 3)
     depths = (11,) if args.dry_run else (11, 16)
+    # The dry run times XLA alone: without it JAX compiles every operation on its first call, half of this
+    # stage's time on the CPU, for a row that differs from the XLA one by the flag alone.
+    jits = (True,) if args.dry_run else (True, False)
     note = ("peak MiB: the device's peak after building and warming each variant in turn (cumulative within a "
             "row); rows in order of interest (XLA is JAX's default), each saved as it ends")
     rng = np.random.default_rng(0)
@@ -226,7 +230,7 @@ def stage_c(args, save):
                            rng.integers(0, 10, size=batch * 4), batch)
     rows = []
     for depth in depths:
-        for jit in (True, False):
+        for jit in jits:
             built, times, peaks = {}, {}, {}
             for variant in ("plain", "hta", "hta_split"):
                 keras.utils.set_random_seed(0)
