@@ -29,8 +29,41 @@
    `keras_hta.multi_worker_strategy()` installs it, once, behind a
    Keras-version guard. `tests/test_multi_worker.py` checks that unpatched
    Keras still fails, so the workaround can go when upstream is fixed.
+
+4. `all_layers`, `created_trainable`, `seed_states`: what a twin needs a copy
+   of. Every layer below a model, custom layers' sublayers included
+   (`Layer._flatten_layers`); the variables each layer created trainable
+   (`Layer._trainable_variables`, which Keras' `trainable` setter walks: a
+   frozen layer's weights and LoRA's base kernel are there, BatchNorm's
+   statistics are not); the seed generators' state variables
+   (`Layer._seed_generators`).
+
+5. `load_into(network, store, path)`, `legacy_twin_paths(store, network)`: a
+   `.keras` file of keras-hta 0.2 saved each twin as a copy of the network
+   beside it (`layers/<class>_<n>`); Keras' own loader
+   (`saving_lib._load_state`) reads one such copy into the network, so that
+   its state (BatchNorm statistics) can be moved into the twin's.
+
+6. `restorable_fit(model)`: on JAX, Keras' `fit` takes the variables' values
+   out of them for the duration of training and puts back the last step's
+   state at the end; when the first step of a `fit` raises, there is no
+   such state yet, and the model is left without values ("a fit after a fit
+   that raised fails", seen on Keras 3.15.1 for plain models too). Setting
+   the trainer's `_jax_state` to the values before `fit` gives Keras' own
+   `finally` clause something to put back.
+
+7. `merged_lora(network)`: Keras' `Dense` and `EinsumDense` save a LoRA
+   layer's kernel with θ's LoRA update merged into it, and not the LoRA
+   weights; a twin, which shares the base kernel and has its own LoRA
+   weights, would then count θ's update as well as its own. The twin state
+   saves θ's LoRA weights and, after loading, takes their update back out of
+   the base kernel (`Layer._kernel`).
+
+Each function checks that the private attribute it reads exists and says in
+one line, naming the Keras version, when it does not.
 """
 
+import contextlib
 import warnings
 
 
@@ -59,6 +92,103 @@ def portable_compile_config(config):
     if isinstance(config, list):
         return [portable_compile_config(v) for v in config]
     return config
+
+
+_TESTED = "3.10 to 3.15"
+
+
+def _private(owner, name, what):
+    """`getattr(owner, name)`, or a RuntimeError naming the Keras version when Keras no longer has it."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        import keras
+
+        raise RuntimeError(
+            f"keras-hta needs Keras' private {what} (`{name}`), which Keras {keras.__version__} does not have "
+            f"(keras-hta is tested with Keras {_TESTED}): install a Keras in that range, or report this."
+        ) from None
+
+
+def all_layers(model):
+    """Every layer of `model` (itself first), sublayers of custom layers included."""
+    return list(_private(model, "_flatten_layers", "Layer._flatten_layers")(include_self=True, recursive=True))
+
+
+def created_trainable(model):
+    """Ids of the variables `model`'s layers created trainable, whether trainable now or frozen."""
+    return {id(v) for layer in all_layers(model)
+            for v in _private(layer, "_trainable_variables", "Layer._trainable_variables")}
+
+
+def seed_states(model):
+    """Ids of the state variables of `model`'s seed generators (dropout, noise, random augmentation)."""
+    return {id(generator.state) for layer in all_layers(model)
+            for generator in _private(layer, "_seed_generators", "Layer._seed_generators")}
+
+
+def merged_lora(network):
+    """`(layer, base kernel, LoRA variables)` of each layer whose LoRA update Keras merges into the kernel it saves.
+
+    Keras' `Dense` and `EinsumDense` save `kernel` (the property: the base
+    kernel plus the LoRA update) in the kernel's place and not the LoRA
+    weights; the base kernel is the layer's private `_kernel`.
+    """
+    return [(layer, _private(layer, "_kernel", "Dense._kernel"), [layer.lora_kernel_a, layer.lora_kernel_b])
+            for layer in all_layers(network)
+            if getattr(layer, "lora_enabled", False) and hasattr(layer, "lora_kernel_a")]
+
+
+def legacy_twin_paths(store, network):
+    """The paths of the twin models in a keras-hta 0.2 weights store, in the twins' order.
+
+    They were saved beside the network under the model's `layers`, each under
+    its class name in snake case, numbered when repeated (`sequential`,
+    `sequential_1`, ...), the network first.
+    """
+    h5 = _private(store, "h5_file", "H5IOStore.h5_file")
+    from keras.src.utils import naming
+
+    own = _private(naming, "to_snake_case", "naming.to_snake_case")(type(network).__name__)
+
+    def order(name):
+        base, _, number = name.rpartition("_")
+        return (base, int(number)) if number.isdigit() else (name, 0)
+
+    names = sorted((name for name in h5.get("layers", {}).keys() if name != own), key=order)
+    return [f"layers/{name}" for name in names]
+
+
+def load_into(network, store, path):
+    """Loads the weights saved under `path` of a weights store into `network`, with Keras' own loader."""
+    from keras.src.saving import saving_lib
+
+    _private(saving_lib, "_load_state", "saving_lib._load_state")(network, store, None, inner_path=path)
+
+
+@contextlib.contextmanager
+def restorable_fit(model):
+    """Around Keras' `fit` on JAX: a failed first step leaves the model with the values it had (see 6. above)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    _private(model, "jax_state_sync", "JAXTrainer.jax_state_sync")
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # as fit would, so that its state can be kept too
+    # Metrics are built inside fit (their count changes): they are reset at each epoch anyway.
+    model._jax_state = {
+        "trainable_variables": [v.value for v in model.trainable_variables],
+        "non_trainable_variables": [v.value for v in model.non_trainable_variables],
+    }
+    if model.optimizer is not None and model.optimizer.built:
+        model._jax_state["optimizer_variables"] = [v.value for v in model.optimizer.variables]
+    try:
+        yield
+    finally:
+        model.jax_state_sync()
+        model._jax_state = None
 
 
 _PATCHED = False

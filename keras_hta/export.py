@@ -1,8 +1,6 @@
 """Exporting a trained `HomotopyModel` as a TF SavedModel for serving."""
 
-import importlib.util
-
-import keras
+from keras_hta import step as step_lib
 from keras_hta.merge import merge
 
 
@@ -45,18 +43,9 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     predictions = served.serve(images)
     ```
     """
-    backend = keras.backend.backend()
-    if backend == "torch":
-        raise ValueError(
-            "export_saved_model: Keras cannot write a TF SavedModel on the torch backend. Save the model "
-            "(model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow or jax (`keras-hta export m.keras "
-            "DIR`), or use keras_hta.merge(model).export(path, format='onnx')."
-        )
-    if importlib.util.find_spec("tensorflow") is None:
-        raise ImportError(
-            f"export_saved_model needs TensorFlow, also on the {backend} backend: pip install tensorflow-cpu "
-            "(or tensorflow)."
-        )
+    problem = step_lib.saved_model_problem("export_saved_model")
+    if problem is not None:
+        raise problem
     plain = merge(model, how=how, recompute_bn=recompute_bn)
     plain.export(str(path), format="tf_saved_model", verbose=verbose)
     return plain

@@ -1,18 +1,43 @@
 """`HomotopyModel`: a Keras model trained with the Homotopy Training Algorithm."""
 
+import inspect
 import warnings
 
 import numpy as np
 
 import keras
 from keras import ops
-from keras_hta import anchors as anchors_lib
 from keras_hta import compat
+from keras_hta import homotopy_scheduler as scheduler_lib
+from keras_hta import losses as losses_lib
 from keras_hta import penalties as penalties_lib
 from keras_hta import schedules as schedules_lib
 from keras_hta import splits as splits_lib
 from keras_hta import step as step_lib
+from keras_hta import twin_step as twin_step_lib
 from keras_hta import twins as twins_lib
+
+def _refuse_unloadable(network):
+    """Raises, in one line, where Keras could save `network` but not rebuild it when loading.
+
+    That is a subclassed network whose class keeps Keras' default `get_config`
+    while its `__init__` takes no `**kwargs` or needs arguments: Keras' loader
+    calls `cls(**config)`. Weights alone save (`save_weights`) whatever the class.
+    """
+    cls = type(network)
+    if isinstance(network, keras.Sequential) or cls.get_config is not keras.Model.get_config:
+        return
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    needs = [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not takes_kwargs or needs:
+        raise ValueError(
+            f"HomotopyModel.save: Keras cannot rebuild the network '{network.name}' when loading: its class "
+            f"{cls.__name__} has no get_config() and its __init__ {'needs ' + ', '.join(needs) if needs else 'takes no **kwargs'}. "
+            f"Give {cls.__name__} a get_config() returning its __init__ arguments, or save the weights alone with "
+            "model.save_weights('m.weights.h5')."
+        )
+
 
 def _refuse_h5(filepath, where="filepath"):
     path = str(filepath)
@@ -24,7 +49,7 @@ def _refuse_h5(filepath, where="filepath"):
 
 
 @keras.saving.register_keras_serializable(package="keras_hta")
-class HomotopyModel(step_lib.HomotopyStep, keras.Model):
+class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     """A model trained by the Homotopy Training Algorithm (HTA) in `fit`.
 
     HTA keeps `num_groups` twin copies of the trainable weights (θ, η, ...)
@@ -122,6 +147,7 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         twin_batch="full",
         twin_factory=None,
         seed=None,
+        twinned=None,
         name=None,
         **kwargs,
     ):
@@ -130,15 +156,17 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         penalties_lib.check_options(norm, penalty_update)
         twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
-        twins, paired = twins_lib.make_twins(network, num_groups, twin_factory)
-        variables = paired[0]
-        groups = splits_lib.assign_groups(network, variables, split, num_groups, seed)
-        anchor_values = anchors_lib.resolve_anchor(anchor, variables)
+        if twin_factory is not None:
+            warnings.warn(
+                "HomotopyModel: `twin_factory` is ignored and will be removed: twins are no longer copies of the "
+                "network but sets of variables run through the one network, so every model Keras can train wraps "
+                "as it is.", DeprecationWarning, stacklevel=2,
+            )
+        state = twins_lib.TwinState(network, num_groups, split, anchor, seed, twinned)
 
         super().__init__(name=name or f"homotopy_{network.name}".replace(".", "_"), **kwargs)  # torch: no "." in names
         self.network = network
-        self.twins = twins
-        object.__setattr__(self, "twin_factory", twin_factory)  # a callable: not tracked, not saved; merge uses it
+        self.twin_state = state
         self.num_groups = num_groups
         self.norm = norm
         self.penalty_update = penalty_update
@@ -147,22 +175,11 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         self.anchor = anchor if isinstance(anchor, str) else "custom"
         self.seed = seed
         self._initial_l = homotopy_l
-        self._paired = paired  # per net, aligned with θ's eligible weights
-        self._shapes = [tuple(v.shape) for v in variables]
 
-        # L and the schedule position (what callbacks assign to), anchors unless
-        # θ̃ = 0, and random or custom groups are weights; channel and layer
-        # groups are derived from the network (a vector per weight, an integer).
+        # L and the schedule position: what callbacks assign to.
         self.homotopy_l = self._state(np.float32(homotopy_l), "homotopy_l")
         self.homotopy_epoch = self._state(0, "homotopy_epoch", dtype="int")  # Keras' counter dtype
-        self._anchor_weights = None if anchor_values is None else [
-            self._state(value, f"anchor_{i}") for i, value in enumerate(anchor_values)
-        ]
-        if self.split in ("channels", "layers"):
-            self._groups = [np.asarray(g, "int32") for g in groups]
-        else:  # int32: collectives take no int8
-            self._groups = [self._state(g.astype("int32"), f"groups_{i}") for i, g in enumerate(groups)]
-        names = ["theta"] + [twins_lib.twin_suffix(k, num_groups) for k in range(1, num_groups)]
+        names = [twins_lib.twin_name(k, num_groups) for k in range(num_groups)]
         self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
         self.coupling_tracker = keras.metrics.Mean(name="coupling")
@@ -197,37 +214,41 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         """θ's output names, which dict losses, metrics and targets are keyed by."""
         return getattr(self.network, "output_names", None)
 
-    @property
-    def nets(self):
-        """The twins as a list of Keras models: `[θ, η, ...]`."""
-        return [self.network] + list(self.twins)
+    def twin(self, k):
+        """Twin k (0: θ, 1: η, ...) as a `keras_hta.twins.TwinView`: its weights and outputs, read like a model.
 
-    def _active(self):
-        """Indices of the paired weights that are trainable now (θ's flags)."""
-        return [i for i, v in enumerate(self._paired[0]) if v.trainable]
+        `model.twin(1).get_weights()` aligns with `model.network.get_weights()`;
+        `model.twin(1)(x)` and `model.twin(1).predict(x)` run the network on
+        η's weights in inference mode.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_groups:
+            raise ValueError(f"Argument `k` must be a twin index in [0, {self.num_groups}). Received: k={k!r}")
+        return twins_lib.TwinView(self.twin_state, int(k))
 
     @property
     def anchors(self):
-        """The anchor θ̃ of each trainable weight, as tensors (zeros for `anchor="zeros"`)."""
-        if self._anchor_weights is None:
-            return [ops.zeros(self._shapes[i], self._paired[0][i].dtype) for i in self._active()]
-        return [ops.convert_to_tensor(self._anchor_weights[i]) for i in self._active()]
+        """The anchor θ̃ of each weight trained now, as tensors (zeros for `anchor="zeros"`)."""
+        variables = self.network.variables
+        positions = self.twin_state.active()
+        anchors = self.twin_state.anchors(positions)
+        if anchors is None:
+            return [ops.zeros(tuple(variables[p].shape), variables[p].dtype) for p in positions]
+        return [ops.convert_to_tensor(a) for a in anchors]
 
     @property
     def anchor_masks(self):
-        """Full-size 0/1 masks per twin and trainable weight, 1 where the twin is anchored.
+        """Full-size 0/1 masks per twin and weight trained now, 1 where the twin is anchored.
 
         Computed on demand (the model stores only the groups).
         """
-        active = self._active()
-        masks = splits_lib.anchor_masks([self._groups[i] for i in active], self.num_groups)
-        return [[ops.broadcast_to(a, self._shapes[i]) for a, i in zip(ms, active)] for ms in masks]
+        variables = self.network.variables
+        positions = self.twin_state.active()
+        masks = splits_lib.anchor_masks(self.twin_state.groups(positions), self.num_groups)
+        return [[ops.broadcast_to(a, tuple(variables[p].shape)) for a, p in zip(ms, positions)] for ms in masks]
 
     def group_sizes(self):
-        """Number of trainable weight elements in each group (twin g − 1 is free on group g)."""
-        active = self._active()
-        groups = [ops.convert_to_numpy(self._groups[i]) for i in active]
-        return splits_lib.group_sizes(groups, [self._shapes[i] for i in active], self.num_groups)
+        """Number of weight elements in each group, over the weights trained now (twin g − 1 is free on group g)."""
+        return self.twin_state.group_sizes(self.twin_state.active())
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
@@ -240,12 +261,10 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         terms (with `penalty_update="gradient"`: the proximal step assumes
         these).
         """
-        active = self._active()
-        masks = splits_lib.anchor_masks([self._groups[i] for i in active], self.num_groups)
-        anchors = None if self._anchor_weights is None else [self._anchor_weights[i] for i in active]
-        return penalties_lib.homotopy_penalties(
-            [[ws[i] for i in active] for ws in self._paired], anchors, masks, self.norm,
-        )
+        state = self.twin_state
+        positions = state.active()
+        masks = splits_lib.anchor_masks(state.groups(positions), self.num_groups)
+        return penalties_lib.homotopy_penalties(state.values(positions), state.anchors(positions), masks, self.norm)
 
     def penalty_curvature(self, homotopy_l=None):
         """Largest eigenvalue of the penalties' Hessian per element at L (None for `norm="l2"`).
@@ -271,26 +290,18 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         return message is None
 
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, *args, **kwargs):
-        if kwargs.get("jit_compile") is True and keras.backend.backend() == "torch":
-            raise ValueError(
-                "Argument `jit_compile`=True is not supported on the torch backend: torch.compile cannot trace "
-                "the twins' calls inside the step. Received: jit_compile=True with KERAS_BACKEND=torch. Leave "
-                "it at its default, or use the jax or tensorflow backend for XLA."
-            )
-        for twin in self.twins:  # trainable flags follow θ, as a recompile expects
-            twins_lib.sync_trainable(self.network, twin)
+        step_lib.check_jit_compile(kwargs.get("jit_compile"))
+        self.twin_state.refresh()  # twins for weights trainable now, trainable as their weights are
         super().compile(optimizer, loss, loss_weights, *args, **kwargs)
         # The twins' f: the same loss, its own (unreported) trackers; kept out
         # of Keras' tracking, so it is neither a layer nor saved.
-        object.__setattr__(self, "_twin_loss", twins_lib.compiled_loss(self.output_names, loss, loss_weights))
+        object.__setattr__(self, "_twin_loss", losses_lib.compiled_loss(self.output_names, loss, loss_weights))
         self.check_stability()
 
     def compile_from_config(self, config):
         # Keras skips a custom compile() when loading; this one is safe to run.
         config = keras.saving.deserialize_keras_object(compat.portable_compile_config(config))
-        if keras.backend.backend() == "torch" and config.get("jit_compile") is True:
-            config["jit_compile"] = "auto"  # saved on JAX or TensorFlow, where XLA is the default
-        self.compile(**config)
+        self.compile(**step_lib.portable_jit_compile(config))
         self.optimizer.build(self.trainable_variables)
 
     def save(self, filepath, *args, **kwargs):
@@ -298,17 +309,30 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
 
         Keras' HDF5 writer compares weights with `==` and fails on a model
         that owns array-valued weights (the anchors), so a `.h5` path raises
-        a ValueError naming `.keras` before anything is written.
+        a ValueError naming `.keras` before anything is written. So does a
+        subclassed network that Keras could not rebuild when loading (no
+        `get_config`, an `__init__` without `**kwargs`).
         """
         _refuse_h5(filepath)
+        _refuse_unloadable(self.network)
         return super().save(filepath, *args, **kwargs)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """Keras' `fit`; a `ModelCheckpoint` to a legacy `.h5` file is refused before training (see `save`)."""
-        for callback in callbacks or []:
+        """Keras' `fit`, counting HTA epochs; a `ModelCheckpoint` to a legacy `.h5` file is refused before training.
+
+        `model.homotopy_epoch` counts the epochs completed, also across `fit`
+        calls and a reload; it advances at each epoch's end before any other
+        callback's `on_epoch_end`, so a checkpoint taken there holds it. A
+        `fit` that raises leaves the model with the values of its last
+        completed step and the count of its completed epochs, and the next
+        `fit` goes on from there.
+        """
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
             if isinstance(callback, keras.callbacks.ModelCheckpoint) and not callback.save_weights_only:
                 _refuse_h5(callback.filepath, "ModelCheckpoint(filepath=...)")
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        with compat.restorable_fit(self):
+            return super().fit(*args, callbacks=[scheduler_lib.EpochCounter()] + callbacks, **kwargs)
 
     def set_weights(self, weights):
         """Sets every weight except L and the schedule position.
@@ -321,6 +345,14 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         super().set_weights(weights)
         for v, value in kept:
             v.assign(value)
+
+    def load_own_variables(self, store):
+        # L and the HTA epoch; a file of keras-hta 0.2 holds the twins, anchors and groups here too.
+        if len(store) <= 2:
+            return super().load_own_variables(store)
+        homotopy_l, epoch = self.twin_state.load_legacy([store[str(i)] for i in range(len(store))], store)
+        self.homotopy_l.assign(homotopy_l)
+        self.homotopy_epoch.assign(epoch)
 
     @property
     def losses(self):
@@ -346,7 +378,7 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
         f_theta = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if not training:
             return f_theta
-        parts = step_lib.twin_parts(self) or [(x, y, sample_weight)] * self.num_groups
+        parts = twin_step_lib.twin_parts(self) or [(x, y, sample_weight)] * self.num_groups
         replicas = step_lib.replicas()
         twin_losses = [f_theta] + [self._f(k, *parts[k]) for k in range(1, self.num_groups)]
         f_total = penalties_lib.add_n(twin_losses)
@@ -368,24 +400,13 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
 
         Like every replica's loss, the twin's losses are divided by the number of replicas.
         """
-        y_pred, extras = step_lib.forward(self.nets[k], x)
-        twin_loss = getattr(self, "_twin_loss", None)
-        losses = [] if twin_loss is None else [twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)]
-        for extra in extras:  # regularizers and add_loss
-            extra = ops.sum(extra)
-            if not keras.backend.is_float_dtype(extra.dtype):
-                extra = ops.cast(extra, keras.config.floatx())
-            losses.append(extra / step_lib.replicas())
-        if not losses:
-            raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
-        return penalties_lib.add_n(losses)
+        y_pred, extras = self.twin_state.forward(k, x, training=True)
+        return losses_lib.twin_f(getattr(self, "_twin_loss", None), y, y_pred, sample_weight, extras,
+                                 step_lib.replicas())
 
-    def test_step(self, *args):
-        # `(data)` -> logs on TensorFlow and PyTorch, `(state, data)` -> (logs, state) on JAX.
-        result = super().test_step(*args)
-        logs, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, None)
-        logs = {k: v for k, v in logs.items() if k not in self._homotopy_metric_names}
-        return logs if rest is None else (logs, *rest)
+    def _without_training_logs(self, logs):
+        """`evaluate`'s logs without HTA's training trackers (f of each twin, the penalties, L)."""
+        return {k: v for k, v in logs.items() if k not in self._homotopy_metric_names}
 
     def get_config(self):
         config = super().get_config()
@@ -393,6 +414,7 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
             network=keras.saving.serialize_keras_object(self.network), split=self.split, anchor=self.anchor,
             num_groups=self.num_groups, homotopy_l=self._initial_l, norm=self.norm,
             penalty_update=self.penalty_update, twin_batch=self.twin_batch, seed=self.seed,
+            twinned=self.twin_state.twinned(), **twins_lib.training_setup(self.network),
         )
         return config
 
@@ -400,4 +422,6 @@ class HomotopyModel(step_lib.HomotopyStep, keras.Model):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)  # a callable split or anchor comes back as "custom", filled by the weights
         network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
+        twins_lib.restore_training_setup(network, **{key: config.pop(key) for key in (
+            "lora_layers", "frozen_layers", "frozen_weights") if key in config})
         return cls(network=network, **config)

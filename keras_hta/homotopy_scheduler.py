@@ -13,10 +13,11 @@ class HomotopyScheduler(keras.callbacks.Callback):
     """Sets a `HomotopyModel`'s homotopy parameter L from a schedule.
 
     With `update="epoch"` (default) L is set at the start of every epoch to
-    `schedule(position)`, where `position` counts the model's HTA epochs:
-    it is kept in the model (`model.homotopy_epoch`, saved with it), so a
-    run resumed from a saved model or a `BackupAndRestore` checkpoint goes
-    on with the schedule instead of restarting it. With `update="batch"`
+    `schedule(position)`, where `position` is the number of HTA epochs the
+    model has completed (`model.homotopy_epoch`, saved with it; or `fit`'s
+    epoch index, if that is larger, as with `initial_epoch`), so a run
+    resumed from a saved model or a `BackupAndRestore` checkpoint goes on
+    with the schedule instead of restarting it. With `update="batch"`
     L is set before every batch to `schedule(optimizer.iterations)`.
 
     L is written to the model's variable `model.homotopy_l` (nothing is
@@ -53,7 +54,6 @@ class HomotopyScheduler(keras.callbacks.Callback):
         self.schedule = schedules_lib.get(schedule)
         self.update = update
         self.verbose = verbose
-        self._offset = None
 
     def __deepcopy__(self, memo):
         # keras-tuner deep-copies callbacks per trial: copy the settings,
@@ -78,23 +78,27 @@ class HomotopyScheduler(keras.callbacks.Callback):
                 "HomotopyScheduler needs a keras_hta.HomotopyModel. Received: "
                 f"model of type {type(self.model).__name__}"
             )
-        self._offset = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._offset is None:
-            # Resuming: the model may have run more HTA epochs than this
-            # fit() call counts (e.g. fit() again after load_model()).
-            self._offset = max(0, int(self.model.homotopy_epoch.numpy()) - epoch)
-        position = epoch + self._offset
         if self.update == "epoch":
-            self._set_l(position, "epoch")  # first: a bad L is refused before anything changes
-        # The count includes the epoch now running, so that a checkpoint taken
-        # at its end holds the same position whatever the callback order.
-        self.model.homotopy_epoch.assign(position + 1)
+            self._set_l(position(self.model, epoch), "epoch")
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.update == "batch":
             self._set_l(int(self.model.optimizer.iterations.numpy()), "step")
 
+
+def position(model, epoch):
+    """The schedule position of `fit`'s epoch `epoch`: the HTA epochs completed, or `epoch` if larger.
+
+    Larger when `fit` starts at an `initial_epoch` the model never ran; a
+    model fitted again, reloaded or resumed has completed at least as many.
+    """
+    return max(int(model.homotopy_epoch.numpy()), int(epoch))
+
+
+class EpochCounter(keras.callbacks.Callback):
+    """Counts a `HomotopyModel`'s completed epochs in `model.homotopy_epoch`; `fit` puts it before every callback."""
+
     def on_epoch_end(self, epoch, logs=None):
-        self.model.homotopy_epoch.assign(epoch + self._offset + 1)
+        self.model.homotopy_epoch.assign(position(self.model, epoch) + 1)

@@ -1,46 +1,33 @@
 """Turning a trained `HomotopyModel` back into a plain Keras model."""
 
+import warnings
+
 import numpy as np
 
 import keras
-from keras_hta import twins as twins_lib
+from keras_hta import compat
 
 HOWS = ("theta", "eta", "average")
 
 
 def _select_weights(model, how):
-    nets = model.nets
-    if how == "theta":
-        return nets[0].get_weights()
-    if how == "eta":
-        return nets[1].get_weights()
+    m = model.num_groups
     if how == "average":
-        per_net = [net.get_weights() for net in nets]
-        return [np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*per_net)]
-    if isinstance(how, int) and not isinstance(how, bool) and 0 <= how < len(nets):
-        return nets[how].get_weights()
-    raise ValueError(
-        f"Argument `how` must be one of {HOWS} or a twin index in "
-        f"[0, {len(nets)}). Received: how={how!r}"
-    )
+        per_twin = [model.twin(k).get_weights() for k in range(m)]
+        return [np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*per_twin)]
+    k = {"theta": 0, "eta": 1}.get(how, how) if isinstance(how, str) else how
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < m:
+        raise ValueError(
+            f"Argument `how` must be one of {HOWS} or a twin index in [0, {m}). Received: how={how!r}"
+        )
+    return model.twin(int(k)).get_weights()
 
 
-def _plain_copy(model):
-    """A plain copy of θ's architecture and class: from `twin_factory` if the model has one, else `twins.copy_of`.
-
-    A subclassed copy is called once on zeros of its build shape, so that it
-    can be exported at once (Keras exports only models that were called).
-    """
-    factory = getattr(model, "twin_factory", None)
-    if factory is not None:
-        plain = factory()
-    else:
-        plain = twins_lib.copy_of(model.network, _clone_with_input_names, keep_class=True)
-    if not getattr(plain, "inputs", None):  # subclassed: build it as θ was built, by a call
-        shape = (model.network.get_build_config() or {}).get("input_shape")
-        if shape and not isinstance(shape[0], (list, tuple, dict)):
-            plain(np.zeros([1 if d is None else d for d in shape], "float32"), training=False)
-    return plain
+def _pairs(network, copy):
+    """Whether `copy` has `network`'s weights, one for one (the same count, shapes and dtypes, in order)."""
+    a, b = network.weights, copy.weights
+    return len(a) == len(b) and all(
+        tuple(u.shape) == tuple(v.shape) and u.dtype == v.dtype for u, v in zip(a, b))
 
 
 def _clone_with_input_names(network):
@@ -58,11 +45,59 @@ def _clone_with_input_names(network):
     return keras.models.clone_model(network, input_tensors=inputs)
 
 
-def merge(model, how="theta", recompute_bn=None, steps=None):
+def _build_like(copy, network):
+    """Builds a copy of a subclassed network as the network was built, and calls it once (Keras exports only
+    models that were called)."""
+    if getattr(copy, "inputs", None):  # Functional and Sequential: built and callable
+        return
+    build_config = network.get_build_config() or {}
+    if not copy.weights and build_config:
+        copy.build_from_config(build_config)
+    shape = build_config.get("input_shape")
+    if shape and not isinstance(shape[0], (list, tuple, dict)):
+        copy(np.zeros([1 if d is None else d for d in shape], "float32"), training=False)
+
+
+def plain_copy(network):
+    """A copy of `network` of its class, with its own weights, or `None` where Keras cannot make one.
+
+    `keras.models.clone_model` first: it copies Functional and Sequential
+    networks, and rebuilds a subclassed one from its config. Where the clone
+    is of another class (a Functional subclass with a `get_config` of its own,
+    as keras-hub's tasks, comes back a plain Functional) or does not pair with
+    the network weight for weight (keras-hub's causal LMs call the backbone's
+    token embedding again for their logits, and the clone unties it), the
+    class is rebuilt from its config, as Keras itself does when it loads the
+    model. A subclassed copy is called once, so that it can be exported at once.
+    """
+    candidates = []
+    try:
+        candidates.append(_clone_with_input_names(network))
+    except Exception:  # Keras raises TypeError, ValueError, NotImplementedError...: no clone
+        pass
+    if not candidates or type(candidates[0]) is not type(network) or not _pairs(network, candidates[0]):
+        try:
+            candidates.insert(0, type(network).from_config(network.get_config()))
+        except Exception:
+            pass
+    for copy in candidates:
+        try:
+            _build_like(copy, network)
+        except Exception:
+            continue
+        if _pairs(network, copy):
+            return copy
+    return None
+
+
+def merge(model, how="theta", recompute_bn=None, steps=None, in_place=None):
     """Returns a plain Keras model with one twin's (or the averaged) weights.
 
-    The result is a clone of the wrapped network with no twin, anchor or L
-    state: save it, `export` it as a SavedModel, or fine-tune it as usual.
+    The result is a copy of the wrapped network with no twin, anchor or L
+    state: save it, `export` it, or fine-tune it as usual. Where Keras cannot
+    copy the network (a subclassed model without a `get_config` that rebuilds
+    it), the chosen weights are written into the wrapped network itself,
+    which is returned, with a warning: the HomotopyModel's θ then holds them.
 
     Args:
         model: A `keras_hta.HomotopyModel`.
@@ -73,9 +108,12 @@ def merge(model, how="theta", recompute_bn=None, steps=None):
             to recompute BatchNorm moving statistics from, which averaged
             weights invalidate; see `keras_hta.recompute_batchnorm`.
         steps: Integer or `None`, batches to use from `recompute_bn`.
+        in_place: `None` (default): a copy where Keras can make one, else the
+            wrapped network; `True`: always the wrapped network, no copy;
+            `False`: a copy, or a ValueError where none can be made.
 
     Returns:
-        A `keras.Model` of the same architecture and layer names.
+        A `keras.Model` of the network's class, architecture and layer names.
 
     Example:
 
@@ -84,13 +122,28 @@ def merge(model, how="theta", recompute_bn=None, steps=None):
     plain.export("served_model")  # TF SavedModel with a `serve` endpoint
     ```
     """
-    if not hasattr(model, "nets"):
+    if not hasattr(model, "twin_state"):
         raise TypeError(
             "Argument `model` must be a keras_hta.HomotopyModel. "
             f"Received: model of type {type(model).__name__}"
         )
+    if in_place not in (None, True, False):
+        raise ValueError(f"Argument `in_place` must be None, True or False. Received: in_place={in_place!r}")
     weights = _select_weights(model, how)
-    plain = _plain_copy(model)
+    plain = None if in_place else plain_copy(model.network)
+    if plain is None:
+        if in_place is False:
+            raise ValueError(
+                f"Keras cannot copy the network '{model.network.name}' (give its class a get_config that rebuilds "
+                "it). Pass in_place=True to write the merged weights into the wrapped network instead."
+            )
+        if in_place is None:
+            warnings.warn(
+                f"merge: Keras cannot copy the network '{model.network.name}' (its class has no get_config that "
+                f"rebuilds it): the {how!r} weights are written into the wrapped network itself, which is returned; "
+                "the HomotopyModel's θ holds them now.", UserWarning, stacklevel=2,
+            )
+        plain = model.network
     plain.set_weights(weights)
     if recompute_bn is not None:
         recompute_batchnorm(plain, recompute_bn, steps=steps)
@@ -112,7 +165,7 @@ def recompute_batchnorm(model, data, steps=None):
     Returns:
         The number of batches used.
     """
-    layers = [l for l in twins_lib.layer_tree(model) if isinstance(l, keras.layers.BatchNormalization)]
+    layers = [l for l in compat.all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
     if not layers:
         return 0
     saved = [(l.momentum, l.trainable) for l in layers]

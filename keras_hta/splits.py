@@ -9,9 +9,8 @@ trainable variable whose entries are group indices.
 
 import numpy as np
 
+import keras
 from keras import ops
-
-from keras_hta import twins as twins_lib
 
 SPLITS = ("channels", "layers", "random")
 
@@ -68,11 +67,19 @@ def group_sizes(groups, shapes, num_groups):
     return counts.tolist()
 
 
+def layer_tree(model):
+    """Every layer below `model` that Keras lists in `.layers`, parents before children."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
+            yield from layer_tree(layer)
+
+
 def layer_owners(model, variables):
-    """Index of the (innermost) layer owning each variable, in model order."""
+    """Index of the (innermost) layer listed in `.layers` owning each variable, in model order."""
     owner = {}
-    for layer in twins_lib.layer_tree(model):
-        for v in layer.trainable_weights:
+    for layer in layer_tree(model):
+        for v in layer.weights:
             owner[id(v)] = id(layer)  # children come later: innermost wins
     order, result = {}, []
     for v in variables:
@@ -81,7 +88,7 @@ def layer_owners(model, variables):
     return result
 
 
-def _split_channels(shape, num_groups):
+def split_channels(shape, num_groups):
     """Contiguous blocks along the last axis (output channels / units).
 
     Returns a vector over the last axis (it broadcasts against the weight),
@@ -119,7 +126,8 @@ def _balanced_cuts(sizes, num_groups):
     return groups
 
 
-def _from_callable(split, variable, num_groups):
+def group_of(split, variable, num_groups):
+    """The groups a callable `split` gives `variable`, checked (see `assign_groups`)."""
     mask = np.asarray(split(variable))
     shape = tuple(variable.shape)
     if mask.shape != shape:
@@ -146,7 +154,39 @@ def _from_callable(split, variable, num_groups):
     return mask.astype("int32")
 
 
-def assign_groups(model, variables, split, num_groups, seed=None):
+def layer_groups(model, variables, num_groups):
+    """`"layers"`: the group of each variable, its layer's run among the layers cut into near-equal runs."""
+    owners = layer_owners(model, variables)
+    sizes = np.zeros(max(owners) + 1, "int64")
+    for o, v in zip(owners, variables):
+        sizes[o] += int(np.prod(v.shape))
+    layer_group = _balanced_cuts(sizes, num_groups)
+    return [int(layer_group[o]) for o in owners]
+
+
+def random_groups(shapes, num_groups, seed=None, keep=None):
+    """`"random"`: each element drawn uniformly from the groups, variable after variable, from one stream.
+
+    Args:
+        shapes: The variables' shapes, in the order drawn.
+        num_groups: Integer >= 2.
+        seed: Integer or `None`.
+        keep: Optional set of indices to return; the others are drawn (the
+            stream advances the same) and dropped, so no full-size mask is
+            kept for a weight that needs none.
+
+    Returns:
+        A list aligned with `shapes`: int32 arrays, `None` where not kept.
+    """
+    rng = np.random.default_rng(seed)
+    groups = []
+    for i, shape in enumerate(shapes):
+        g = rng.integers(0, num_groups, size=shape).astype("int32")
+        groups.append(g if keep is None or i in keep else None)
+    return groups
+
+
+def assign_groups(model, variables, split, num_groups, seed=None, check=True):
     """Assigns every element of every trainable variable to a group.
 
     What each split does, also on an unbalanced network:
@@ -176,6 +216,7 @@ def assign_groups(model, variables, split, num_groups, seed=None):
             each shape, for the saved groups to fill).
         num_groups: Integer >= 2.
         seed: Integer or `None`, for `"random"`.
+        check: Whether to raise when a group is left empty.
 
     Returns:
         A list of int32 arrays of group indices, one per variable, each of
@@ -189,26 +230,20 @@ def assign_groups(model, variables, split, num_groups, seed=None):
     if split == "custom":  # a saved callable split: shape-only, filled by the saved weights
         return [np.zeros(shape, "int32") for shape in shapes]
     if callable(split):
-        groups = [_from_callable(split, v, num_groups) for v in variables]
+        groups = [group_of(split, v, num_groups) for v in variables]
     elif split == "channels":
-        groups = [_split_channels(shape, num_groups) for shape in shapes]
+        groups = [split_channels(shape, num_groups) for shape in shapes]
     elif split == "layers":
-        owners = layer_owners(model, variables)
-        sizes = np.zeros(max(owners) + 1, "int64")
-        for o, shape in zip(owners, shapes):
-            sizes[o] += int(np.prod(shape))
-        layer_group = _balanced_cuts(sizes, num_groups)
-        groups = [np.array(layer_group[o], "int32") for o in owners]
+        groups = [np.array(g, "int32") for g in layer_groups(model, variables, num_groups)]
     elif split == "random":
-        rng = np.random.default_rng(seed)
-        groups = [rng.integers(0, num_groups, size=shape).astype("int32") for shape in shapes]
+        groups = random_groups(shapes, num_groups, seed)
     else:
         raise ValueError(
             f"Argument `split` must be one of {SPLITS} or a callable. "
             f"Received: split={split!r}"
         )
     counts = group_sizes(groups, shapes, num_groups)
-    if 0 in counts:
+    if check and 0 in counts:
         raise ValueError(
             f"Argument `split`={split!r} leaves a group empty with "
             f"num_groups={num_groups}: elements per group {counts}. "

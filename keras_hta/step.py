@@ -1,4 +1,4 @@
-"""`HomotopyModel`'s training step: the backend-specific lines in one place, and the proximal update.
+"""The lines of `HomotopyModel` that differ per Keras backend, in one place.
 
 Everything else in keras-hta is written once in `keras.ops`. Each backend's
 own `train_step` (Keras' trainer) runs the forward pass, differentiates the
@@ -8,31 +8,26 @@ updates the metrics. What differs per backend, and lives here:
 
 - the step's signature and state: TensorFlow and PyTorch step on the
   variables (`train_step(data) -> logs`); JAX steps on explicit state
-  (`train_step(state, data) -> (logs, state)`), so the proximal update runs
-  inside a `keras.StatelessScope` mapped to the state Keras' step returned,
-  and its results go back into that state;
-- how a twin's forward pass yields its losses (on JAX through
-  `stateless_call`, which returns the `add_loss` terms a stateless scope
-  would otherwise drop);
+  (`train_step(state, data) -> (logs, state)`), so the proximal update
+  (`keras_hta.twin_step`) runs inside a `keras.StatelessScope` mapped to the
+  state Keras' step returned, and its results go back into that state; the
+  same split for `test_step`, which drops HTA's training logs;
 - the replica count Keras divides each replica's loss by (TensorFlow's
   `tf.distribute`; 1 elsewhere: JAX's `keras.distribution` computes the
   global loss);
-- how the proximal step's values are assigned: under a `tf.distribute`
-  strategy once per device in the cross-replica context, on PyTorch
-  outside autograd.
+- where variables are created (under TensorFlow, in the strategy that was
+  current when the model was built) and how the proximal step's values are
+  assigned: under a `tf.distribute` strategy once per device in the
+  cross-replica context, on PyTorch outside autograd;
+- what `jit_compile` and SavedModel export each backend supports.
 
 TensorFlow and PyTorch are imported only on their own backend.
 """
 
 import contextlib
-import inspect
-import threading
+import importlib.util
 
 import keras
-from keras import ops
-from keras_hta import penalties as penalties_lib
-from keras_hta import splits as splits_lib
-from keras_hta import twins as twins_lib
 
 BACKEND = keras.backend.backend()
 
@@ -55,25 +50,18 @@ def no_grad():
     return contextlib.nullcontext()
 
 
-def forward(net, x):
-    """Calls `net` on `x` in training mode; returns `(y_pred, losses)`.
+def creation_scope():
+    """A callable giving the context to create variables in later: the current `tf.distribute` strategy's scope.
 
-    `losses` are the net's regularization and `add_loss` terms of this call.
-    On JAX the call goes through `stateless_call` with the variables' current
-    values (the traced ones inside Keras' step), and the updated
-    non-trainable values (BatchNorm statistics, seeds) are assigned back, so
-    that Keras' step returns them in its state.
+    Taken when a model is built, so that variables a later `compile` adds are
+    mirrored like the model's own; nothing on JAX and PyTorch (their
+    `keras.distribution` lays variables out at creation).
     """
-    if BACKEND != "jax":
-        y_pred = net(x, training=True)
-        return y_pred, net.losses
-    trainable = [v.value for v in net.trainable_variables]
-    non_trainable = [v.value for v in net.non_trainable_variables]
-    kwargs = {"training": True} if "training" in inspect.signature(net.call).parameters else {}
-    y_pred, non_trainable, losses = net.stateless_call(trainable, non_trainable, x, return_losses=True, **kwargs)
-    for variable, value in zip(net.non_trainable_variables, non_trainable):
-        variable.assign(value)
-    return y_pred, losses
+    if BACKEND != "tensorflow":
+        return contextlib.nullcontext
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().scope
 
 
 def assign_all(updates):
@@ -102,68 +90,34 @@ def assign_all(updates):
         context.merge_call(assign, args=(updates,))
 
 
-# The twins' parts of a split batch, kept by the step for `compute_loss`; per
-# thread, as tf.distribute runs each replica's step in a thread of its own.
-_SPLIT = threading.local()
+def check_jit_compile(jit_compile):
+    """Raises for `jit_compile=True` on PyTorch, whose `torch.compile` cannot trace the twins' step."""
+    if jit_compile is True and BACKEND == "torch":
+        raise ValueError(
+            "Argument `jit_compile`=True is not supported on the torch backend: torch.compile cannot trace "
+            "the twins' calls inside the step. Received: jit_compile=True with KERAS_BACKEND=torch. Leave "
+            "it at its default, or use the jax or tensorflow backend for XLA."
+        )
 
 
-def twin_parts(model):
-    """The twins' `(x, y, sample_weight)` of the running step's split batch, or `None` (every twin: the whole batch)."""
-    return getattr(_SPLIT, "parts", {}).get(id(model))
+def portable_jit_compile(config):
+    """A saved compile config for this backend: XLA, the default where the file was saved, is 'auto' on PyTorch."""
+    if BACKEND == "torch" and config.get("jit_compile") is True:
+        config = dict(config, jit_compile="auto")
+    return config
 
 
-class _ProximalStep:
-    """What every backend's step shares: the split batch, and the proximal update after the optimizer's step."""
-
-    @contextlib.contextmanager
-    def _twin_batches(self, data):
-        """Yields θ's batch; with `twin_batch="split"` keeps the twins' parts for `compute_loss`."""
-        if self.twin_batch != "split":
-            yield data
-            return
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        parts = twins_lib.split_batch((x, y, sample_weight), self.num_groups, "split")
-        if not hasattr(_SPLIT, "parts"):
-            _SPLIT.parts = {}
-        _SPLIT.parts[id(self)] = parts
-        try:
-            yield keras.utils.pack_x_y_sample_weight(*parts[0])
-        finally:
-            del _SPLIT.parts[id(self)]
-
-    def _before_step(self):
-        """γ (the learning rate of the coming step) and, where a step may not move the weights, the iteration count.
-
-        `None` for `penalty_update="gradient"`. Read before the optimizer's step.
-        """
-        if self.penalty_update != "proximal":
-            return None
-        gamma = ops.copy(ops.cast(self.optimizer.learning_rate, "float32"))
-        # The optimizer's `iterations` advance only on a step that moves the weights.
-        may_skip = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) or bool(
-            getattr(self.optimizer, "gradient_accumulation_steps", None))
-        iterations = ops.copy(ops.convert_to_tensor(self.optimizer.iterations)) if may_skip else None
-        return gamma, iterations
-
-    def _proximal_step(self, gamma, iterations=None):
-        """Applies the penalties exactly after the optimizer's step (see `keras_hta.penalties.proximal_update`).
-
-        `iterations`: the optimizer's count before the step, or None; where
-        it has not advanced (accumulating gradients, or a skipped loss-scaled
-        step) the weights are left alone.
-        """
-        updated = None if iterations is None else ops.greater(ops.convert_to_tensor(self.optimizer.iterations), iterations)
-        updates = []
-        with no_grad():
-            for i in self._active():
-                values = [ops.convert_to_tensor(ws[i]) for ws in self._paired]
-                free = [e for (e,) in splits_lib.free_masks([self._groups[i]], self.num_groups, values[0].dtype)]
-                anchor = None if self._anchor_weights is None else ops.convert_to_tensor(self._anchor_weights[i])
-                new = penalties_lib.proximal_update(values, free, gamma, self.homotopy_l, anchor)
-                if updated is not None:
-                    new = [ops.where(updated, n, v) for n, v in zip(new, values)]
-                updates += zip([ws[i] for ws in self._paired], new)
-        assign_all(updates)
+def saved_model_problem(caller):
+    """The error to raise when `caller` cannot write a TF SavedModel on this backend, or `None`."""
+    if BACKEND == "torch":
+        return ValueError(
+            f"{caller}: Keras cannot write a TF SavedModel on the torch backend. Save the model "
+            "(model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow or jax (`keras-hta export "
+            "m.keras DIR`), or use keras_hta.merge(model).export(path, format='onnx').")
+    if importlib.util.find_spec("tensorflow") is None:
+        return ImportError(
+            f"{caller} needs TensorFlow, also on the {BACKEND} backend: pip install tensorflow-cpu (or tensorflow).")
+    return None
 
 
 def _state_mapping(model, state):
@@ -177,7 +131,7 @@ def _state_mapping(model, state):
 
 if BACKEND == "jax":
 
-    class HomotopyStep(_ProximalStep):
+    class HomotopyStep:
         """`train_step(state, data)`: Keras' JAX step, then the proximal update on its state."""
 
         def train_step(self, state, data):
@@ -193,9 +147,13 @@ if BACKEND == "jax":
                 trainable = [scope.get_current_value(v) for v in self.trainable_variables]
             return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
+        def test_step(self, state, data):
+            logs, state = super().test_step(state, data)
+            return self._without_training_logs(logs), state
+
 else:
 
-    class HomotopyStep(_ProximalStep):
+    class HomotopyStep:
         """`train_step(data)`: Keras' TensorFlow or PyTorch step, then the proximal update."""
 
         def train_step(self, data):
@@ -205,3 +163,6 @@ else:
             if before is not None:
                 self._proximal_step(*before)
             return logs
+
+        def test_step(self, data):
+            return self._without_training_logs(super().test_step(data))

@@ -1,28 +1,46 @@
-"""Twins: structural copies of the wrapped network, paired weight by weight.
+"""Twins: one network, and one set of variables per twin substituted for its own.
 
-A twin is built once, at construction: Functional and Sequential networks
-are cloned (`keras.models.clone_model`, layer names suffixed), subclassed
-networks, and Functional subclasses whose clone does not pair (a layer shared
-across nesting levels, as in keras-hub's causal LMs), are rebuilt from their
-config (`from_config` + `build_from_config`, the path Keras itself takes when
-it loads a model; `copy_of`), or built by a factory the user passes. Each
-twin weight is paired with θ's weight of the same layer and name; which
-weights take part in HTA at a step follows their `trainable` flag,
-synchronised from θ, so freezing and unfreezing layers (fine-tuning) never
-shifts the pairing. At each step a twin is fed its part
-of the batch (`split_batch`) and scored by the compiled loss through a
-weightless model of its own (`compiled_loss`), so only θ's values reach
-Keras' loss metrics.
+`HomotopyModel` holds the user's network once. Twin 0 (θ) is the network with
+its own variables. Twin k ≥ 1 (η, or η1, η2, ...) is the same network run on
+twin k's variables (`keras.StatelessScope`), which are made the way Keras'
+optimizers make their slots (`add_variable_from_reference`): one per
+variable, with its shape, dtype, aggregation and the layout the active
+distribution gives it. Which variables a twin has its own copy of:
+
+- **Twinned weights**: every variable the network trains — each variable's
+  own `trainable`, at any depth (a sublayer of a custom layer, LoRA weights,
+  a layer frozen inside a block: whatever `network.trainable_variables`
+  lists) at construction or at a later `compile`. A weight that first becomes
+  trainable at a later `compile` gets its twins then, each equal to its value
+  at that moment. A twinned weight frozen again keeps its twins' values,
+  which then no longer train.
+- **State**: every variable that the network's layers create non-trainable —
+  BatchNormalization's moving statistics, the state of seed generators
+  (dropout, noise, random augmentation), counters — which a forward pass in
+  training may update. Twin k's seed states start as the layer's, with the
+  seed folded with k: each twin draws its own dropout masks, and they
+  reproduce from the layer's seed on every backend.
+
+Everything else — frozen weights (created trainable, not trainable now: a
+frozen layer, LoRA's base kernels) and float8 scale variables that Keras
+overwrites with their "gradient" — exists once, and every twin computes with
+it. `TwinState` owns all of this: the twins' variables and state, the anchor
+θ̃ and the group of every twinned weight, and which of them take part now.
 """
 
-import re
 import warnings
 
 import numpy as np
 
 import keras
+from keras import ops
+from keras_hta import anchors as anchors_lib
+from keras_hta import compat
+from keras_hta import splits as splits_lib
+from keras_hta import step as step_lib
 
 TWIN_BATCHES = ("full", "split")
+_GOLDEN = 0x9E3779B9  # folds a twin's index into a seed state
 
 
 def check_options(num_groups, twin_batch):
@@ -33,11 +51,494 @@ def check_options(num_groups, twin_batch):
         raise ValueError(f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}")
 
 
+def twin_name(k, num_groups):
+    """The name of twin k: `theta` (k = 0), `eta`, or `eta1`, `eta2`, ..."""
+    return "theta" if k == 0 else ("eta" if num_groups == 2 else f"eta{k}")
+
+
+def _like(reference, value, name, trainable, dtype=None):
+    """A variable made like `reference` (shape, aggregation, synchronization, layout) holding `value`.
+
+    The layout is the one the active `keras.distribution` gives `reference`,
+    so a `ModelParallel` `LayoutMap` key that matches a weight lays out every
+    copy of it the same way; without a distribution Keras places it as usual.
+    """
+    distribution = keras.distribution.distribution() if hasattr(keras, "distribution") else None
+    layout = None if distribution is None else distribution.get_variable_layout(reference)
+    return keras.Variable(
+        initializer=value, shape=tuple(reference.shape), dtype=dtype or reference.dtype, trainable=trainable,
+        autocast=False, aggregation=reference.aggregation, synchronization=reference.synchronization,
+        name=name, layout=layout,
+    )
+
+
+def _copy(variable):
+    """A new tensor with the variable's value (never the same buffer: JAX donates, torch shares storage)."""
+    return ops.copy(ops.convert_to_tensor(variable))
+
+
+def _fold_seed(value, k):
+    """A seed generator's state `[seed, counter]` with the seed folded with twin index k."""
+    state = np.array(value)
+    bits = state.astype(np.int64) & 0xFFFFFFFF
+    bits[0] = (bits[0] ^ ((_GOLDEN * k) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    return bits.astype(np.uint32).view(np.int32).astype(state.dtype) if state.dtype.kind == "i" else bits.astype(
+        state.dtype)
+
+
+class TwinWeights(keras.layers.Layer):
+    """Twin k's variables: its twinned weights (trainable) and its copy of the network's state.
+
+    Keyed by the position of the network variable each one stands for in
+    `network.variables`; saved under those keys, so a twin added at a later
+    `compile` is saved and loaded with the others.
+    """
+
+    def __init__(self, k, name=None):
+        super().__init__(name=name)
+        self.k = k
+        self.slots = []  # tracked by Keras: the variables, in creation order
+        object.__setattr__(self, "by_position", {})
+        object.__setattr__(self, "legacy_loaded", False)
+        self.built = True
+
+    def build(self, input_shape=None):
+        # Defined so that Keras does not lock the layer's state at __init__:
+        # twins of weights unfrozen later are added at `compile`.
+        pass
+
+    def add(self, position, variable):
+        self.slots.append(variable)
+        self.by_position[position] = variable
+
+    def save_own_variables(self, store):
+        for position, variable in self.by_position.items():
+            store[str(position)] = variable
+
+    def load_own_variables(self, store):
+        if self.legacy_loaded and len(store) == 0:
+            return  # a file of keras-hta 0.2: filled from its twin models (`TwinState.load_legacy`)
+        want = {str(p) for p in self.by_position}
+        got = set(store.keys())
+        if got != want:
+            raise ValueError(
+                f"The saved twin '{self.name}' holds variables for {len(got)} network variables, this model "
+                f"{len(want)} (missing: {sorted(want - got)[:5]}, unexpected: {sorted(got - want)[:5]})."
+            )
+        for position, variable in self.by_position.items():
+            variable.assign(store[str(position)])
+
+
+class TwinState(keras.layers.Layer):
+    """The twins' variables and state, anchors and groups of one network, and which twin computes now.
+
+    Args:
+        network: The built `keras.Model` (twin 0, θ). Not tracked here: the
+            `HomotopyModel` owns it.
+        num_groups: Integer >= 2, the number of twins.
+        split, anchor, seed: As for `HomotopyModel`.
+        twinned: Optional list of positions in `network.variables` to twin at
+            construction, in order (what a saved model records); by default
+            the variables trainable now.
+    """
+
+    def __init__(self, network, num_groups, split, anchor, seed=None, twinned=None, name="twin_state"):
+        super().__init__(name=name)
+        object.__setattr__(self, "network", network)
+        variables = network.variables
+        object.__setattr__(self, "_count", len(variables))
+        created_trainable = compat.created_trainable(network)
+        seeds = compat.seed_states(network)
+        self.num_groups = num_groups
+        object.__setattr__(self, "_split", split)
+        object.__setattr__(self, "_anchor", anchor)
+        self.seed = seed
+        # Weights Keras could train (created trainable), in the network's order:
+        # what the "layers" and "random" splits are computed over.
+        object.__setattr__(self, "_candidates", [p for p, v in enumerate(variables) if id(v) in created_trainable])
+        object.__setattr__(self, "_state_positions", [
+            p for p, v in enumerate(variables) if id(v) not in created_trainable and not v.trainable])
+        object.__setattr__(self, "_seed_positions", {p for p in self._state_positions if id(variables[p]) in seeds})
+        object.__setattr__(self, "_layer_groups", None)  # "layers": position -> group, computed once
+        object.__setattr__(self, "_order", [])  # twinned positions, in creation order
+        object.__setattr__(self, "_anchors", {})  # position -> anchor variable (None: θ̃ = 0)
+        object.__setattr__(self, "_groups", {})  # position -> group array, or int32 variable
+        self.anchor_slots = []  # tracked: anchors and stored groups
+        self.twins = [TwinWeights(k, name=f"twin_{twin_name(k, num_groups)}") for k in range(1, num_groups)]
+        self.built = True
+        object.__setattr__(self, "_creation_scope", step_lib.creation_scope())
+        with self._creation_scope():
+            for p in self._state_positions:
+                v = variables[p]
+                for twin in self.twins:
+                    value = v.numpy()
+                    if p in self._seed_positions:
+                        value = _fold_seed(value, twin.k)
+                    twin.add(p, _like(v, value, f"{_slot_name(v)}_{twin_name(twin.k, num_groups)}", False))
+        trainable_ids = {id(v) for v in network.trainable_variables}
+        if twinned is None:
+            twinned = [p for p, v in enumerate(variables) if id(v) in trainable_ids and self._twinnable(v)]
+        if not twinned:
+            raise ValueError(
+                f"Argument `model` must have trainable weights. Received: model '{network.name}' with none: "
+                "HTA has nothing to split."
+            )
+        self._add(list(twinned), at_construction=True)
+        counts = self.group_sizes(self._order)
+        if 0 in counts and self.split != "custom":  # "custom": the saved groups fill them
+            raise ValueError(
+                f"Argument `split`={self.split!r} leaves a group empty with num_groups={num_groups}: elements "
+                f"per group {counts}. Use fewer groups or another split."
+            )
+
+    def build(self, input_shape=None):
+        pass  # see TwinWeights.build
+
+    @property
+    def split(self):
+        return self._split if isinstance(self._split, str) else "custom"
+
+    @staticmethod
+    def _twinnable(variable):
+        # Keras overwrites float8 scales with their "gradient": they stay θ's.
+        return not getattr(variable, "overwrite_with_gradient", False)
+
+    # -- which weights are twinned, and when --------------------------------
+
+    def _add(self, positions, at_construction=False):
+        variables = self.network.variables
+        values = [variables[p] for p in positions]
+        if not at_construction and (isinstance(self._anchor, (list, tuple)) or self._anchor == "custom"):
+            names = ", ".join(v.path for v in values)
+            raise ValueError(
+                f"Argument `anchor` gave arrays for the weights trainable at construction; {names} became trainable "
+                "later and has none. Pass `anchor` as a callable `variable -> array`, 'zeros' or 'init'."
+            )
+        anchors = anchors_lib.resolve_anchor(self._anchor, values) or [None] * len(values)
+        groups = self._groups_of(positions)
+        with self._creation_scope():
+            for p, v, anchor, group in zip(positions, values, anchors, groups):
+                name = _slot_name(v)
+                for twin in self.twins:
+                    twin.add(p, _like(v, _copy(v), f"{name}_{twin_name(twin.k, self.num_groups)}", True))
+                if anchor is not None:
+                    self._anchors[p] = _like(v, anchor, f"{name}_anchor", False)
+                    self.anchor_slots.append(self._anchors[p])
+                if self.split in ("random", "custom"):  # stored (and saved) full-size
+                    group = _like(v, group, f"{name}_groups", False, dtype="int32")
+                    self.anchor_slots.append(group)
+                self._groups[p] = group
+                self._order.append(p)
+
+    def _groups_of(self, positions):
+        """The group indices of the weights at `positions` (see `keras_hta.splits.assign_groups`)."""
+        variables = self.network.variables
+        candidates = [variables[p] for p in self._candidates]
+        if self._split == "layers" and self._layer_groups is None:
+            object.__setattr__(self, "_layer_groups", dict(zip(
+                self._candidates, splits_lib.layer_groups(self.network, candidates, self.num_groups))))
+        if self._split == "random":
+            wanted = [self._candidates.index(p) if p in self._candidates else None for p in positions]
+            drawn = splits_lib.random_groups([tuple(v.shape) for v in candidates], self.num_groups, self.seed,
+                                             keep={i for i in wanted if i is not None})
+            return [drawn[i] if i is not None else splits_lib.random_groups(
+                [tuple(variables[p].shape)], self.num_groups, None)[0] for i, p in zip(wanted, positions)]
+        if self._split == "layers":
+            return [np.array(self._layer_groups.get(p, 0), "int32") for p in positions]
+        return splits_lib.assign_groups(self.network, [variables[p] for p in positions], self._split,
+                                        self.num_groups, check=False)
+
+    def refresh(self):
+        """At `compile`: twins for weights trainable now that have none; each twin variable trains as its weight does.
+
+        Raises:
+            ValueError: the network's variables changed since construction
+                (`enable_lora` or `quantize` after wrapping).
+        """
+        variables = self.network.variables
+        if len(variables) != self._count:
+            raise ValueError(
+                f"The network '{self.network.name}' has {len(variables)} variables, {self._count} when it was wrapped: "
+                "change its structure (enable_lora, quantize) before wrapping it in HomotopyModel."
+            )
+        trainable = {id(v) for v in self.network.trainable_variables}
+        new = [p for p, v in enumerate(variables)
+               if id(v) in trainable and p not in self._groups and self._twinnable(v)]
+        if new:
+            if self.split == "custom" and not callable(self._split):
+                names = ", ".join(variables[p].path for p in new)
+                raise ValueError(
+                    f"Argument `split` was a callable, not saved with the model; {names} became trainable since "
+                    "and has no group. Wrap the network again with that `split`."
+                )
+            self._add(new)
+        for twin in self.twins:
+            for p in self._order:
+                twin.by_position[p].trainable = id(variables[p]) in trainable
+
+    def twinned(self):
+        """Positions (in `network.variables`) of the twinned weights, in creation order."""
+        return list(self._order)
+
+    def active(self):
+        """Positions of the twinned weights the network trains now, in the network's order."""
+        trainable = {id(v) for v in self.network.trainable_variables}
+        variables = self.network.variables
+        return [p for p in sorted(self._order) if id(variables[p]) in trainable]
+
+    # -- what the step and the penalties read ------------------------------
+
+    def values(self, positions):
+        """Per twin (θ first), the variables standing for the weights at `positions`."""
+        variables = self.network.variables
+        return [[variables[p] for p in positions]] + [[t.by_position[p] for p in positions] for t in self.twins]
+
+    def anchors(self, positions):
+        """The anchor variable of each weight at `positions`, or `None` for θ̃ = 0."""
+        return None if not self._anchors else [self._anchors[p] for p in positions]
+
+    def groups(self, positions):
+        """The group indices of each weight at `positions` (arrays or int32 variables)."""
+        return [self._groups[p] for p in positions]
+
+    def group_sizes(self, positions):
+        """Number of weight elements in each group, over the weights at `positions`."""
+        variables = self.network.variables
+        return splits_lib.group_sizes([ops.convert_to_numpy(self._groups[p]) for p in positions],
+                                      [tuple(variables[p].shape) for p in positions], self.num_groups)
+
+    def substitution(self, k):
+        """`(network variable, value)` for every network variable, as twin k computes."""
+        if k == 0:
+            return [(v, v) for v in self.network.variables]
+        own = self.twins[k - 1].by_position
+        mapping = []
+        for p, v in enumerate(self.network.variables):
+            if p in own:
+                mapping.append((v, own[p]))
+            elif getattr(v, "overwrite_with_gradient", False):
+                mapping.append((v, ops.stop_gradient(ops.convert_to_tensor(v))))  # θ's alone sets it
+            else:
+                mapping.append((v, v))
+        return mapping
+
+    def forward(self, k, x, training=False):
+        """Calls the network as twin k; returns `(y_pred, losses)`.
+
+        `losses` are this call's regularization and `add_loss` terms, on twin
+        k's weights. In training the state it updates (BatchNormalization
+        statistics, seeds) is written to twin k's state.
+        """
+        if k == 0:
+            y_pred = self.network(x, training=training)
+            return y_pred, list(self.network.losses)
+        twin = self.twins[k - 1]
+        state = [(p, self.network.variables[p]) for p in self._state_positions]
+        with keras.StatelessScope(state_mapping=self.substitution(k), collect_losses=True) as scope:
+            before = [scope.get_current_value(v) for _, v in state]
+            y_pred = self.network(x, training=training)
+            losses = list(self.network.losses)
+            after = [scope.get_current_value(v) for _, v in state]
+        for (p, _), old, new in zip(state, before, after):
+            if new is not old:
+                twin.by_position[p].assign(new)
+        return y_pred, losses
+
+    def twin_variables(self, k, variables=None):
+        """Twin k's variable for each network variable in `variables` (default `network.weights`).
+
+        Its own where it has one, else the shared one.
+        """
+        variables = list(self.network.weights if variables is None else variables)
+        if k == 0:
+            return variables
+        own = self.twins[k - 1].by_position
+        position = {id(v): p for p, v in enumerate(self.network.variables)}
+        return [own.get(position.get(id(w)), w) for w in variables]
+
+    # -- saving -------------------------------------------------------------
+
+    def _lora_positions(self):
+        """Per LoRA layer whose update Keras merges when saving: its base kernel and the positions of θ's LoRA weights."""
+        position = {id(v): p for p, v in enumerate(self.network.variables)}
+        return [(layer, base, [position[id(v)] for v in lora]) for layer, base, lora in compat.merged_lora(self.network)]
+
+    def save_own_variables(self, store):
+        for p in self._order:
+            if p in self._anchors:
+                store[f"anchor_{p}"] = self._anchors[p]
+            if self.split in ("random", "custom"):
+                store[f"groups_{p}"] = self._groups[p]
+        variables = self.network.variables
+        for _, _, positions in self._lora_positions():  # θ's LoRA weights, which Keras merges into the kernel it saves
+            for p in positions:
+                store[f"lora_{p}"] = variables[p]
+
+    def load_own_variables(self, store):
+        # Keras walks the HomotopyModel's layers in order: the network is loaded by now.
+        if self.twins[0].legacy_loaded and len(store) == 0:
+            return  # a file of keras-hta 0.2: see load_legacy
+        lora = self._lora_positions()
+        want = {f"anchor_{p}" for p in self._anchors} | {f"lora_{p}" for _, _, ps in lora for p in ps}
+        if self.split in ("random", "custom"):
+            want |= {f"groups_{p}" for p in self._order}
+        got = set(store.keys())
+        if got != want:
+            raise ValueError(f"The saved twin state holds {sorted(got)[:6]}, this model expects {sorted(want)[:6]}.")
+        for p in self._order:
+            if p in self._anchors:
+                self._anchors[p].assign(store[f"anchor_{p}"])
+            if self.split in ("random", "custom"):
+                self._groups[p].assign(store[f"groups_{p}"])
+        variables = self.network.variables
+        for layer, base, positions in lora:  # the loaded kernel is base + θ's update: take the update back out
+            for p in positions:
+                variables[p].assign(store[f"lora_{p}"])
+            update = ops.subtract(layer.kernel, base)
+            base.assign(ops.subtract(base, update))
+
+    def load_legacy(self, root_values, store):
+        """Fills twins, anchors and groups from a `.keras` file of keras-hta 0.2, whose twins were models.
+
+        That model's own variables were, in order: each twin's weights that
+        Keras could train (θ's first, in the network's order), L, the HTA
+        epoch, the anchors and the groups of those weights; each twin's
+        state (BatchNorm statistics) sat in its copy of the network, saved
+        beside the network under the model's `layers`. Returns `(L, epoch)`.
+        """
+        m, n = self.num_groups, len(self._candidates)
+        has_anchor, has_groups = self._anchor != "zeros", self.split in ("random", "custom")
+        if len(root_values) != m * n + 2 + n * (has_anchor + has_groups):
+            raise ValueError(
+                f"This file holds {len(root_values)} HomotopyModel variables; a keras-hta 0.2 file of this model "
+                f"holds {m * n + 2 + n * (has_anchor + has_groups)}, a file of this version 2."
+            )
+        paired = [root_values[k * n:(k + 1) * n] for k in range(m)]
+        rest = root_values[m * n + 2:]
+        anchors, groups = (rest[:n], rest[n:]) if has_anchor else ([], rest)
+        index = {p: i for i, p in enumerate(self._candidates)}
+        for p in self._order:
+            if p in self._anchors:
+                self._anchors[p].assign(anchors[index[p]])
+            if has_groups:
+                self._groups[p].assign(groups[index[p]])
+        paths = compat.legacy_twin_paths(store, self.network) if self._state_positions else [None] * (m - 1)
+        if len(paths) != m - 1:
+            raise ValueError(f"This file holds {len(paths)} twins of the network, the model {m - 1}.")
+        for twin, values, path in zip(self.twins, paired[1:], paths):
+            for p, variable in twin.by_position.items():
+                if p in index:
+                    variable.assign(values[index[p]])
+            if path is not None:  # the twin's state, read into the network (whose own values Keras loads next)
+                compat.load_into(self.network, store, path)
+                variables = self.network.variables
+                for p in self._state_positions:
+                    twin.by_position[p].assign(variables[p])
+            object.__setattr__(twin, "legacy_loaded", True)
+        return root_values[m * n], root_values[m * n + 1]
+
+
+def _slot_name(variable):
+    return variable.path.replace("/", "_")
+
+
+class TwinView:
+    """Twin k of a `HomotopyModel`, read like a model: its weights, its outputs.
+
+    Not a copy of the network: `model.twin(k)` returns a view on the one
+    network and twin k's variables. `get_weights()` / `set_weights()` align
+    with `model.network.get_weights()`; calling it (or `predict`) runs the
+    network as twin k.
+    """
+
+    def __init__(self, state, k):
+        self._state, self.k = state, k
+
+    @property
+    def name(self):
+        return twin_name(self.k, self._state.num_groups)
+
+    @property
+    def weights(self):
+        """The variables twin k computes with, aligned with `network.weights`."""
+        return self._state.twin_variables(self.k)
+
+    @property
+    def trainable_weights(self):
+        """Twin k's variables for the weights the network trains now, aligned with `network.trainable_weights`."""
+        return self._state.twin_variables(self.k, self._state.network.trainable_weights)
+
+    def variable(self, network_variable):
+        """The variable twin k computes with in place of `network_variable` (e.g. a BatchNorm layer's `moving_mean`)."""
+        return self._state.twin_variables(self.k, [network_variable])[0]
+
+    def get_weights(self):
+        return [ops.convert_to_numpy(v) for v in self.weights]
+
+    def set_weights(self, weights):
+        variables = self.weights
+        if len(weights) != len(variables):
+            raise ValueError(f"Twin '{self.name}' has {len(variables)} weights. Received: {len(weights)} arrays")
+        own = {id(v) for v in self._state.network.weights} if self.k else set()
+        for variable, value in zip(variables, weights):
+            if id(variable) not in own:  # shared (frozen) weights are θ's: set them on the network
+                variable.assign(value)
+
+    def __call__(self, x, training=False):
+        return self._state.forward(self.k, x, training=training)[0]
+
+    def predict(self, x, batch_size=32, verbose=0):
+        """The twin's outputs in inference mode, batch by batch, as NumPy arrays."""
+        n = len(keras.tree.flatten(x)[0])
+        outputs = []
+        for start in range(0, n, batch_size):
+            part = keras.tree.map_structure(lambda t: t[start:start + batch_size], x)
+            outputs.append(keras.tree.map_structure(ops.convert_to_numpy, self(part, training=False)))
+        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def training_setup(network):
+    """What decides which of `network`'s weights train, beyond what its config restores, as flat lists.
+
+    `lora_layers`: `[layer index, rank, alpha]` for each layer with LoRA
+    enabled (keras-hub's `Backbone.enable_lora` is not in a backbone's
+    config); `frozen_layers`: indices of the layers whose `trainable` is off;
+    `frozen_weights`: positions in `network.variables` of weights created
+    trainable whose own flag is off (LoRA's base kernels). Layer indices
+    count every layer, sublayers included (`keras_hta.compat.all_layers`).
+    """
+    layers = compat.all_layers(network)
+    created = compat.created_trainable(network)
+    return {
+        "lora_layers": [[i, int(layer.lora_rank), float(getattr(layer, "lora_alpha", None) or layer.lora_rank)]
+                        for i, layer in enumerate(layers) if getattr(layer, "lora_enabled", False)],
+        "frozen_layers": [i for i, layer in enumerate(layers) if not layer.trainable],
+        "frozen_weights": [p for p, v in enumerate(network.variables) if id(v) in created and not v.trainable],
+    }
+
+
+def restore_training_setup(network, lora_layers=(), frozen_layers=(), frozen_weights=()):
+    """Puts back what `training_setup` recorded, on a network rebuilt from its config (before it is wrapped)."""
+    layers = compat.all_layers(network)
+    for i, rank, alpha in lora_layers:
+        if not getattr(layers[i], "lora_enabled", False):
+            layers[i].enable_lora(int(rank), lora_alpha=alpha)
+    if not frozen_layers and not frozen_weights:
+        return
+    frozen = set(frozen_layers)
+    for i, layer in enumerate(layers):  # parents before children: a child's own flag wins
+        layer.trainable = i not in frozen
+    variables = network.variables
+    for p in frozen_weights:
+        variables[p].trainable = False
+
+
 def check_network(network, inputs=None, outputs=None):
     """The network to wrap: `network`, or `keras.Model(inputs, outputs)`.
 
     Raises unless it is a built Keras model with floating-point trainable
-    weights, or unless exactly one of `network` and `inputs`/`outputs` is given.
+    weights whose layers Keras can run on other variables, or unless exactly
+    one of `network` and `inputs`/`outputs` is given.
     """
     if network is None:
         if inputs is None or outputs is None:
@@ -64,6 +565,13 @@ def check_network(network, inputs=None, outputs=None):
     for v in network.trainable_variables:
         if not np.issubdtype(np.dtype(v.dtype), np.floating):
             raise TypeError(f"Every trainable weight must be floating point. Received: '{v.path}' of dtype {v.dtype}")
+    for layer in compat.all_layers(network):
+        if type(layer).__name__ == "TorchModuleWrapper":
+            raise ValueError(
+                f"HomotopyModel cannot train the layer '{layer.name}' (TorchModuleWrapper): it calls its torch "
+                "module with the module's own parameters, so its twins could not compute with their weights. "
+                "Rewrite it as a Keras layer."
+            )
     return network
 
 
@@ -92,232 +600,6 @@ def warn_what_hta_does_not_run(network):
         )
 
 
-def twin_suffix(k, num_groups):
-    """The name suffix of twin k (1 .. m − 1): `eta`, or `eta1`, `eta2`, ..."""
-    return "eta" if num_groups == 2 else f"eta{k}"
-
-
-def _build_like(twin, network):
-    """Builds `twin` as `network` was built (Keras' own reload path)."""
-    if not twin.built or not twin.weights:
-        build_config = network.get_build_config()
-        if build_config is None:
-            return
-        twin.build_from_config(build_config)
-        if not twin.weights and build_config.get("input_shape"):
-            shape = [1 if d is None else d for d in build_config["input_shape"]]
-            twin(np.zeros(shape, "float32"))
-
-
-def copy_of(network, clone, keep_class=False):
-    """A copy of `network`, weight for weight: `clone(network)`, or the class rebuilt from its config.
-
-    `keras.models.clone_model` raises on subclassed models, turns a Functional
-    subclass with a `get_config` of its own (keras-hub's tasks, say) into a
-    plain Functional model, and copies a layer that such a class calls both
-    inside a nested model and directly into two layers: keras-hub's causal LM
-    tasks call the backbone's token embedding again, reversed, for their
-    logits, and the clone gets a second, untied embedding (a weight more than
-    the network). Where the clone raises, or is built and does not pair with
-    the network (or, with `keep_class`, is not of its class), the class is
-    rebuilt from its config, as Keras' own `clone_model` does for such a
-    subclass; that copy keeps the class and its shared layers. Where the
-    rebuild fails or does not pair either, the clone is kept.
-
-    Args:
-        network: The built `keras.Model` to copy.
-        clone: Callable `network -> copy`, the first choice.
-        keep_class: Whether a copy of another class is rebuilt too (`merge`:
-            the user's class back). Twins are not: a twin cloned as a plain
-            Functional model keeps the checkpoint paths it was saved with.
-
-    Returns:
-        The copy, built where `clone` built it; the caller builds a subclassed
-        copy and checks it with `pair_weights`.
-
-    Raises:
-        What rebuilding from the config raised, where `clone` raised too.
-    """
-    try:
-        copy = clone(network)
-    except (ValueError, TypeError, NotImplementedError):  # a subclassed model
-        return network.__class__.from_config(network.get_config())
-    if not copy.weights:  # an unbuilt copy of a subclassed model: the caller builds it
-        return copy
-    if (type(copy) is type(network) or not keep_class) and _pairs(network, copy):
-        return copy
-    try:
-        rebuilt = network.__class__.from_config(network.get_config())
-    except Exception:  # Keras raises TypeError, NotImplementedError, ...: the clone it is
-        return copy
-    return rebuilt if _pairs(network, rebuilt) else copy
-
-
-def _pairs(network, copy):
-    try:
-        pair_weights(network, copy)
-    except ValueError:
-        return False
-    return True
-
-
-def clone_twin(network, suffix, factory=None):
-    """A structural copy of `network` with its own weights, equal to θ's.
-
-    Args:
-        network: The built `keras.Model` to copy.
-        suffix: String appended to the twin's (and, for cloned networks, its
-            layers') names.
-        factory: Optional callable `() -> keras.Model` that builds a twin
-            (for subclassed networks whose config cannot rebuild them).
-
-    Raises:
-        ValueError: the twin cannot be built, or its weights do not match
-            θ's (named in the message).
-    """
-
-    def clone_layer(layer):
-        config = dict(layer.get_config())
-        named = dict(config, name=f"{layer.name}_{suffix}")
-        try:
-            return layer.__class__.from_config(named)
-        except TypeError:  # a layer whose __init__ takes no `name` (Keras' guides write them so)
-            return layer.__class__.from_config(config)
-
-    hint = (
-        f"Could not build a twin of the network '{network.name}'. For a subclassed model, pass "
-        "`twin_factory=lambda: MyModel(...)` to HomotopyModel (each twin is built by calling it), or "
-        "give the class a `get_config` that returns its constructor arguments and an `__init__` that "
-        "accepts `**kwargs` (see the README, 'Fine-tuning and subclassed models')."
-    )
-    if factory is not None:
-        twin = factory()
-        if not isinstance(twin, keras.Model):
-            raise TypeError(f"Argument `twin_factory` must return a keras.Model. Received: {twin!r}")
-    else:
-        try:
-            twin = copy_of(network, lambda net: keras.models.clone_model(net, clone_function=clone_layer))
-        except Exception as error:  # from_config: Keras raises TypeError, NotImplementedError, ...
-            raise ValueError(f"{hint} ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
-    _build_like(twin, network)
-    if not twin.weights:
-        raise ValueError(hint)
-    twin.built = True  # it has every weight (checked below); subclassed models built by a call may not say so
-    twin.name = f"{network.name}_{suffix}"
-    pair_weights(network, twin)  # raises on a mismatch
-    twin.set_weights(network.get_weights())
-    return twin
-
-
-def make_twins(network, num_groups, factory=None):
-    """The m − 1 twins of `network` and the weights HTA may train, paired.
-
-    Those weights are θ's trainable ones and those of layers frozen now
-    (they join when unfrozen), each paired with the twins' weight of the same
-    layer and name.
-
-    Returns:
-        `(twins, paired)`: the twin models, and per net (θ first) the list
-        of its eligible weights, aligned with θ's.
-    """
-    twins = [clone_twin(network, twin_suffix(k, num_groups), factory) for k in range(1, num_groups)]
-    eligible = trainable_by_construction(network, twins[0])
-    for twin in twins[1:]:
-        sync_trainable(network, twin)
-    paired = [[w for w, ok in zip(net.weights, eligible) if ok] for net in [network] + twins]
-    return twins, paired
-
-
-def _unnamed(weight):
-    """A weight created without a name: Keras numbers it (`variable`, `variable_18`)."""
-    return re.fullmatch(r"variable(_\d+)?", weight.name) is not None
-
-
-def pair_weights(network, twin):
-    """Pairs every weight of `network` with the twin's weight of the same layer and name.
-
-    Weights are taken in order, layer by layer, so the pair is the weight at
-    the same position in the same layer; its name must match too, except for
-    weights created without a name, which Keras numbers differently in each
-    copy.
-
-    Returns:
-        A list of `(network_weight, twin_weight)` pairs.
-
-    Raises:
-        ValueError: naming the first weight without a counterpart.
-    """
-    a, b = network.weights, twin.weights
-    if len(a) != len(b):
-        raise ValueError(
-            f"The twin of '{network.name}' has {len(b)} weights, the network {len(a)}: "
-            "HTA needs an exact structural copy."
-        )
-    for u, v in zip(a, b):  # in order: layer by layer, each layer's weights in creation order
-        same_name = u.name == v.name or (_unnamed(u) and _unnamed(v))
-        if not same_name or tuple(u.shape) != tuple(v.shape) or u.dtype != v.dtype:
-            raise ValueError(
-                f"The twin of '{network.name}' does not match weight '{u.path}' {tuple(u.shape)} "
-                f"(found '{v.path}' {tuple(v.shape)}): HTA needs an exact structural copy."
-            )
-    return list(zip(a, b))
-
-
-def layer_tree(model):
-    """Every layer below `model` that Keras lists, parents before children."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
-            yield from layer_tree(layer)
-
-
-def sync_trainable(source, target):
-    """Gives every layer of `target` the `trainable` flag of its counterpart in `source`."""
-    if target.trainable != source.trainable:
-        target.trainable = source.trainable
-    for a, b in zip(layer_tree(source), layer_tree(target)):
-        if b.trainable != a.trainable:
-            b.trainable = a.trainable  # parents first: a child's own flag wins
-
-
-def trainable_by_construction(network, twin):
-    """Which of `network`'s weights are trainable when nothing is frozen.
-
-    Found on the twin (all its layers set trainable, then the network's
-    flags copied back), so that weights of a layer frozen now can join HTA
-    when it is unfrozen.
-    """
-    twin.trainable = True
-    for layer in layer_tree(twin):  # Keras does not always reach nested models' layers
-        layer.trainable = True
-    possible = {id(v) for v in twin.trainable_weights}
-    sync_trainable(network, twin)
-    return [id(v) in possible for v in twin.weights]
-
-
-class _CompiledLoss(keras.Model):
-    """A model with no layers: its `compute_loss` is the compiled loss alone."""
-
-    def __init__(self, output_names):
-        super().__init__(name="twin_loss")
-        self.output_names = output_names  # as Functional sets it: matches dict losses and targets
-
-
-def compiled_loss(output_names, loss, loss_weights=None):
-    """A weightless model compiled with `loss`: f of a twin without θ's regularizers or metrics.
-
-    Its `compute_loss(y=..., y_pred=..., sample_weight=...)` applies `loss`
-    and `loss_weights` exactly as compiling a network with these
-    `output_names` would; per-output loss trackers, if Keras makes them, are
-    its own and reported nowhere. Returns None when `loss` is None.
-    """
-    if loss is None:
-        return None
-    model = _CompiledLoss(output_names)
-    model.compile(optimizer=None, loss=loss, loss_weights=loss_weights)
-    return model
-
-
 def batch_size(data):
     """The number of examples in a batch: the first dimension of its first tensor."""
     return keras.ops.shape(next(t for t in keras.tree.flatten(data) if t is not None))[0]
@@ -331,10 +613,9 @@ def split_batch(data, m, how):
     if how != "split":
         return [data] * m
     size = batch_size(data)
+    enough = size >= m
     if isinstance(size, int):  # known when traced (JAX, PyTorch, static TF shapes)
-        enough = size >= m
         take = lambda t, k: None if t is None else (t[k::m] if enough else t)  # noqa: E731
     else:
-        enough = size >= m
         take = lambda t, k: None if t is None else keras.ops.cond(enough, lambda: t[k::m], lambda: t)  # noqa: E731
     return [keras.tree.map_structure(lambda t: take(t, k), data) for k in range(m)]

@@ -103,4 +103,4 @@ def fit(model, epochs):
 def twin_outputs(model):
     """Each twin's inference outputs on the checkpoints' inputs."""
     x, _ = data()
-    return [keras.ops.convert_to_numpy(net(x, training=False)) for net in model.nets]
+    return [keras.ops.convert_to_numpy(model.twin(k)(x, training=False)) for k in range(model.num_groups)]

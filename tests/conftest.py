@@ -122,3 +122,8 @@ def mirrored():
     if BACKEND != "tensorflow" or len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs TensorFlow and two logical CPU devices")
     return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+
+
+def twin_views(model):
+    """Every twin of a HomotopyModel as a view, θ first: `[model.twin(0), model.twin(1), ...]`."""
+    return [model.twin(k) for k in range(model.num_groups)]

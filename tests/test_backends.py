@@ -13,7 +13,7 @@ import pytest
 
 import keras
 import keras_hta as hta
-from conftest import BACKEND, dense_network, regression_data
+from conftest import BACKEND, dense_network, regression_data, twin_views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER_BACKENDS = [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)]
@@ -34,31 +34,25 @@ _WITHOUT_TF = textwrap.dedent(
     inputs = keras.Input((4,))
     network = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(3, activation="tanh")(inputs)))
     model = hta.HomotopyModel.from_model(network, homotopy_l=0.05, anchor="init", split="random", seed=1)
-    model.twins[0].set_weights([w + 0.3 for w in model.twins[0].get_weights()])
+    model.twin(1).set_weights([w + 0.3 for w in model.twin(1).get_weights()])
     lr = 0.2
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
-    before = [[np.asarray(v, np.float64) for v in ws] for ws in model._paired]
+    from reference import proximal_solve_twins
+    before = [[np.asarray(v, np.float64) for v in model.twin(k).get_weights()] for k in range(2)]
     anchors = [np.asarray(keras.ops.convert_to_numpy(a), np.float64) for a in model.anchors]
     masks = [[keras.ops.convert_to_numpy(m) for m in ms] for ms in model.anchor_masks]
     # f's gradient per twin, from a plain copy of each twin on the same batch
     grads = []
-    for net in model.nets:
-        plain = keras.models.clone_model(net); plain.set_weights(net.get_weights())
+    for k in range(2):
+        plain = hta.merge(model, how=k)
         plain.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
         start = [np.asarray(w, np.float64) for w in plain.get_weights()]
         plain.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)  # w - 1.0 * grad
         grads.append([s - np.asarray(w, np.float64) for s, w in zip(start, plain.get_weights())])
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    c, d, m = 2 * lr / 0.05, 2 * lr * 0.05, 2
-    worst = 0.0
-    for i in range(len(before[0])):
-        w_prime = [before[k][i] - lr * grads[k][i] for k in range(m)]
-        for index in np.ndindex(w_prime[0].shape):
-            a = np.array([masks[k][i][index] for k in range(m)])
-            system = np.diag(1 + c * m + d * a) - c * np.ones((m, m))
-            want = np.linalg.solve(system, np.array([w[index] for w in w_prime]) + d * a * anchors[i][index])
-            got = np.array([np.asarray(model._paired[k][i])[index] for k in range(m)])
-            worst = max(worst, float(np.max(np.abs(got - want))))
+    w_prime = [[b - lr * g for b, g in zip(before[k], grads[k])] for k in range(2)]
+    want = proximal_solve_twins(w_prime, masks, anchors, lr, 0.05)
+    worst = max(float(np.max(np.abs(got - w))) for k in range(2) for got, w in zip(model.twin(k).get_weights(), want[k]))
     merged = hta.merge(model)
     merge_gap = float(np.max(np.abs(merged.predict(x, verbose=0) - model.predict(x, verbose=0))))
     model.save(sys.argv[2])
@@ -74,7 +68,7 @@ _WITHOUT_TF = textwrap.dedent(
 def test_without_tensorflow_one_proximal_step_merge_and_reload(backend, tmp_path):
     if BACKEND != "tensorflow":
         pytest.skip("runs once, in the TensorFlow pass, for each other backend installed")
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT)
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
     out = subprocess.run([sys.executable, "-c", _WITHOUT_TF, backend, str(tmp_path / "m.keras")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -95,7 +89,7 @@ def test_a_model_saved_on_this_backend_loads_on_every_other(target, tmp_path):
     model.save(tmp_path / "m.keras")
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "want.npy", model.predict(x, verbose=0))
-    np.save(tmp_path / "want_eta.npy", model.twins[0].predict(x, verbose=0))
+    np.save(tmp_path / "want_eta.npy", model.twin(1).predict(x, verbose=0))
     script = textwrap.dedent(
         """
         import sys, numpy as np, keras, keras_hta as hta
@@ -103,7 +97,7 @@ def test_a_model_saved_on_this_backend_loads_on_every_other(target, tmp_path):
         x = np.load("x.npy")
         assert abs(float(model.homotopy_l.numpy()) - 0.05) < 1e-7 and int(model.homotopy_epoch.numpy()) == 2
         np.testing.assert_allclose(model.predict(x, verbose=0), np.load("want.npy"), atol=1e-5)
-        np.testing.assert_allclose(model.twins[0].predict(x, verbose=0), np.load("want_eta.npy"), atol=1e-5)
+        np.testing.assert_allclose(model.twin(1).predict(x, verbose=0), np.load("want_eta.npy"), atol=1e-5)
         np.testing.assert_allclose(hta.merge(model).predict(x, verbose=0), np.load("want.npy"), atol=1e-5)
         model.fit(x, x[:, :3], epochs=1, verbose=0)  # and it trains there
         print("ok", keras.backend.backend())
@@ -125,7 +119,7 @@ def _train_data_parallel(devices, x, y):
         keras.utils.set_random_seed(11)
         model = hta.HomotopyModel.from_model(dense_network(hidden=8, batch_norm=True), split="random", seed=2,
                                              homotopy_l=0.5)
-        model.twins[0].set_weights([w * 1.1 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w * 1.1 for w in model.twin(1).get_weights()])
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
         history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
                             callbacks=[hta.HomotopyScheduler(hta.schedules.Geometric(0.5, 0.1, 0.5))])
@@ -342,3 +336,49 @@ def test_decoded_images_are_cached_per_decoder(tmp_path):
                              env=dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=ROOT))
         assert out.returncode == 0, out.stderr[-2000:]
         assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 4  # its own two entries
+
+
+def _train_model_parallel(x, y, layout=True):
+    devices = keras.distribution.list_devices("cpu")
+    if layout:
+        mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"], devices[:2])
+        layout_map = keras.distribution.LayoutMap(mesh)
+        layout_map["d1/kernel"] = (None, "model")  # a layer path, as Keras' distribution guide writes them
+        layout_map["bn/moving_.*"] = ("model",)  # a regex over several variables
+        keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout_map,
+                                                                             batch_dim_name="batch"))
+    try:
+        keras.utils.set_random_seed(4)
+        inputs = keras.Input((4,))
+        h = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(8, name="d1")(inputs))
+        network = keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Activation("tanh")(h)))
+        model = hta.HomotopyModel.from_model(network, anchor="init", homotopy_l=0.3)
+        model.twin(1).set_weights([w * 1.1 for w in model.twin(1).get_weights()])
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return model
+    finally:
+        keras.distribution.set_distribution(None)
+
+
+def test_jax_model_parallel_lays_out_every_copy_of_a_weight_as_the_weight():
+    if BACKEND != "jax":
+        pytest.skip("keras.distribution.ModelParallel: the JAX backend")
+    if len(keras.distribution.list_devices("cpu")) < 2:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set by conftest)")
+    x, y = regression_data(n=32)
+    model = _train_model_parallel(x, y)
+    network = model.network
+    slots = {v.path: v for v in model.optimizer.variables}
+    for path, spec in (("d1/kernel", (None, "model")), ("bn/moving_mean", ("model",)), ("bn/moving_variance", ("model",))):
+        v = {w.path: w for w in network.variables}[path]
+        copies = [model.twin(1).variable(v)]
+        if v.trainable:  # its twin's, its anchor's and both momenta
+            copies += [a for a in model.twin_state.anchor_slots if a.path == f"{v.path.replace('/', '_')}_anchor"]
+            copies += [s for s in slots.values() if s.path.endswith("momentum") and v.path.replace("/", "_") in s.path]
+            assert len(copies) == 4, [c.path for c in copies]
+        for copy in [v] + copies:
+            assert tuple(copy.value.sharding.spec) == spec, (copy.path, copy.value.sharding.spec)
+    single = _train_model_parallel(x, y, layout=False)  # the same training on one device
+    for a, b in zip(model.weights, single.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=a.path)

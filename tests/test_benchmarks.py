@@ -126,7 +126,7 @@ def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
     model.compile(keras.optimizers.SGD(lr, momentum=0.9), loss=zero)
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[hta.HomotopyScheduler(schedule)])
     exact = np.prod([(1 / (1 + lr * schedule(e))) ** 8 for e in range(3)])
-    ratio = np.linalg.norm(model.weights[0].numpy()) / before
+    ratio = np.linalg.norm(model.network.weights[0].numpy()) / before
     # Equal to the uncoupled closed form up to the twins' coupling, O(L) relative: 4e-6 here;
     # the decay itself, 1 - ratio, is 0.0217.
     assert ratio == pytest.approx(exact, rel=1e-5)

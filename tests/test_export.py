@@ -73,7 +73,7 @@ def test_export_command_from_a_keras_file(tmp_path, capsys):
     cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / "served"), "--how", "eta"])
     assert "Exported" in capsys.readouterr().out
     served, _ = _serve_in_fresh_process(tmp_path / "served", x, tmp_path)
-    np.testing.assert_allclose(served, model.twins[0].predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(served, model.twin(1).predict(x, verbose=0), atol=1e-5)
     with pytest.raises(SystemExit):
         cli.main(["export", str(tmp_path / "missing.keras"), str(tmp_path / "out")])
 

@@ -1,9 +1,11 @@
-"""Networks written the way Keras' own guides write them, wrapped, trained, merged, saved and exported.
+"""Networks written the way Keras' own guides write them, wrapped as they are, trained, merged, saved and exported.
 
 From "Making new layers and models via subclassing" and "Customizing what
 happens in fit()": a custom layer whose `__init__` takes no `**kwargs` and
-whose weights have no names, a subclassed model that takes a layer object
-(only a factory can build it), a model whose loss is an `add_loss`, and a
+whose weights have no names, a block holding its sublayers as attributes
+(no `get_config`), a subclassed model whose layers are made in `__init__`
+(no config either), a sublayer frozen inside a custom layer, a subclassed
+model that takes a layer object, a model whose loss is an `add_loss`, and a
 model with its own `train_step`.
 """
 
@@ -97,40 +99,129 @@ def test_custom_layer_without_kwargs_and_unnamed_weights(tmp_path):
     inputs = keras.Input((4,))
     network = keras.Model(inputs, CustomDense(2)(keras.layers.Activation("tanh")(CustomDense(5)(inputs))))
     model = hta.HomotopyModel.from_model(network, homotopy_l=0.1)
-    assert [w.name for w in model.network.weights] != [w.name for w in model.twins[0].weights]  # numbered apart
+    assert [w.name for w in model.network.weights] != [w.name for w in model.twin(1).weights]  # numbered apart
     history = _fit(model, x, y)
     assert np.all(np.isfinite(history.history["loss"])) and float(model.penalties()[1]) > 0
     np.testing.assert_allclose(hta.merge(model).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     model.save(tmp_path / "m.keras")
     restored = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-    np.testing.assert_allclose(restored.twins[0].predict(x, verbose=0), model.twins[0].predict(x, verbose=0),
+    np.testing.assert_allclose(restored.twin(1).predict(x, verbose=0), model.twin(1).predict(x, verbose=0),
                                atol=1e-6)
     _export_if_possible(model, str(tmp_path / "served"), x)
 
 
-def test_subclassed_model_taking_a_layer_object_built_by_twin_factory(tmp_path):
+class Linear(keras.layers.Layer):
+    """The subclassing guide's `Linear`: no `**kwargs`, no `get_config`."""
+
+    def __init__(self, units=32):
+        super().__init__()
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal", trainable=True)
+        self.b = self.add_weight(shape=(self.units,), initializer="random_normal", trainable=True)
+
+    def call(self, inputs):
+        return ops.matmul(inputs, self.w) + self.b
+
+
+class MLPBlock(keras.layers.Layer):
+    """The guide's block: sublayers kept as attributes, nothing to rebuild it from."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear_1 = Linear(8)
+        self.linear_2 = Linear(8)
+        self.linear_3 = Linear(2)
+
+    def call(self, inputs):
+        x = ops.relu(self.linear_1(inputs))
+        x = ops.relu(self.linear_2(x))
+        return self.linear_3(x)
+
+
+class GuideModel(keras.Model):
+    """A subclassed model whose layers are made in `__init__` (no `**kwargs`, no `get_config`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = MLPBlock()
+        self.dropout = keras.layers.Dropout(0.25, seed=1)
+
+    def call(self, inputs, training=False):
+        return self.block(self.dropout(inputs, training=training))
+
+
+def _twin_outputs_equal_the_network_carrying_their_weights(model, x):
+    for k in range(model.num_groups):
+        own = model.network.get_weights()
+        model.network.set_weights(model.twin(k).get_weights())
+        want = _np(model.network(x, training=False))
+        model.network.set_weights(own)
+        np.testing.assert_array_equal(_np(model.twin(k)(x)), want)
+
+
+def test_guide_block_and_subclassed_model_wrap_as_they_are(tmp_path):
     x, y = _data()
+    network = GuideModel()
+    network(x[:1])
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.1)
+    assert len(model.trainable_variables) == 2 * 6  # θ's and η's weights of the three Linear layers
+    history = _fit(model, x, y)
+    assert np.all(np.isfinite(history.history["loss"])) and float(model.penalties()[1]) > 0
+    _twin_outputs_equal_the_network_carrying_their_weights(model, x)
+    # Keras cannot copy it: merge writes the chosen twin into the wrapped network, and says so.
+    eta = model.twin(1).predict(x)
+    with pytest.warns(UserWarning, match="cannot copy the network"):
+        plain = hta.merge(model, how="eta")
+    assert plain is model.network
+    np.testing.assert_allclose(plain.predict(x, verbose=0), eta, atol=1e-6)
+    with pytest.raises(ValueError, match="in_place=True"):
+        hta.merge(model, in_place=False)
+    with pytest.raises(ValueError, match="GuideModel has no get_config.*takes no \\*\\*kwargs.*save_weights"):
+        model.save(tmp_path / "m.keras")
+    assert not (tmp_path / "m.keras").exists()
+    model.save_weights(tmp_path / "m.weights.h5")  # the weights save whatever the class
+    again = GuideModel()
+    again(x[:1])
+    again = hta.HomotopyModel.from_model(again, homotopy_l=0.1)
+    again.load_weights(tmp_path / "m.weights.h5")
+    np.testing.assert_array_equal(again.twin(1).predict(x), model.twin(1).predict(x))
+    _export_if_possible(model, str(tmp_path / "served"), x)
 
-    def factory():
-        net = Net(keras.layers.Dense(6, activation="tanh"))
-        net(x[:1])
-        return net
 
-    network = factory()
-    with pytest.raises(ValueError, match="twin_factory"):  # its config cannot rebuild it: the hint says what to do
-        hta.HomotopyModel.from_model(network)
-    model = hta.HomotopyModel.from_model(network, homotopy_l=0.1, twin_factory=factory)
+def test_a_sublayer_frozen_inside_a_custom_layer_stays_unchanged_in_every_twin():
+    x, y = _data()
+    network = GuideModel()
+    network(x[:1])
+    network.block.linear_2.trainable = False
+    frozen = [_np(v) for v in network.block.linear_2.weights]
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.1, anchor="init")
+    assert len(model.anchors) == 4 and len(model.twin_state.twinned()) == 4
     _fit(model, x, y)
-    for how, net in (("theta", model.network), ("eta", model.twins[0])):
-        plain = hta.merge(model, how=how)  # through the factory
-        assert isinstance(plain, Net)
-        np.testing.assert_allclose(plain.predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-6)
+    for k in range(2):
+        for v, want in zip(network.block.linear_2.weights, frozen):
+            assert model.twin(k).variable(v) is v  # one variable, shared
+            np.testing.assert_array_equal(_np(v), want)
+    assert np.abs(_np(model.twin(1).variable(network.block.linear_1.w)) - _np(network.block.linear_1.w)).max() > 0
+
+
+def test_subclassed_model_taking_a_layer_object(tmp_path):
+    x, y = _data()
+    network = Net(keras.layers.Dense(6, activation="tanh"))
+    network(x[:1])
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.1)
+    _fit(model, x, y)
+    _twin_outputs_equal_the_network_carrying_their_weights(model, x)
+    with pytest.raises(ValueError, match="Net has no get_config.*needs body"):
+        model.save(tmp_path / "m.keras")
     model.save_weights(tmp_path / "m.weights.h5")
-    again = hta.HomotopyModel.from_model(factory(), homotopy_l=0.1, twin_factory=factory)
+    again = Net(keras.layers.Dense(6, activation="tanh"))
+    again(x[:1])
+    again = hta.HomotopyModel.from_model(again, homotopy_l=0.1)
     again.load_weights(tmp_path / "m.weights.h5")
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-    _export_if_possible(model, str(tmp_path / "served"), x)
 
 
 def test_subclassed_network_rebuilt_from_config_exports(tmp_path):
@@ -164,12 +255,12 @@ def test_add_loss_model_each_twin_takes_its_own_add_loss():
     inputs = keras.Input((4,))
     network = keras.Model(inputs, keras.layers.Dense(2)(ActivityPenalty(0.5)(keras.layers.Dense(5)(inputs))))
     model = hta.HomotopyModel.from_model(network, homotopy_l=0.5)
-    model.twins[0].set_weights([w * 2.0 for w in model.twins[0].get_weights()])
+    model.twin(1).set_weights([w * 2.0 for w in model.twin(1).get_weights()])
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    for net, key in ((model.network, "f_theta"), (model.twins[0], "f_eta")):
-        hidden = _np(net.layers[1](x))
-        want = np.mean((net.predict(x, verbose=0) - y) ** 2) + 0.5 * np.mean(hidden**2)
+    for k, key in ((0, "f_theta"), (1, "f_eta")):
+        hidden = _np(hta.merge(model, how=k).layers[1](x))
+        want = np.mean((model.twin(k).predict(x) - y) ** 2) + 0.5 * np.mean(hidden**2)
         np.testing.assert_allclose(history.history[key][0], want, rtol=1e-5, err_msg=key)
     assert abs(history.history["f_theta"][0] - history.history["f_eta"][0]) > 0.1
 

@@ -8,7 +8,8 @@ import pytest
 
 import keras
 import keras_hta as hta
-from conftest import dense_network, regression_data
+from conftest import dense_network, regression_data, twin_views
+from reference import proximal_solve, proximal_solve_twins
 
 _np = keras.ops.convert_to_numpy
 
@@ -55,16 +56,16 @@ def test_one_step_equals_closed_form_gradient(norm, num_groups):
         num_groups=num_groups, homotopy_l=L, norm=norm, penalty_update="gradient",
     )
     rng = np.random.default_rng(1)
-    for twin in model.twins:  # make the twins differ so the coupling acts
+    for twin in twin_views(model)[1:]:  # make the twins differ so the coupling acts
         twin.set_weights([w + rng.normal(scale=0.3, size=w.shape) for w in twin.get_weights()])
-    twins = [net.get_weights() for net in model.nets]
+    twins = [net.get_weights() for net in twin_views(model)]
     anchor = [_np(a) for a in model.anchors]
     masks = [[_np(m) for m in ms] for ms in model.anchor_masks]
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     history = model.fit(x, y, sample_weight=sw, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
 
     new, fs, anchor_term, coupling = _closed_form_step(x, y, sw, twins, anchor, masks, L, lr, l2, norm)
-    for net, expected in zip(model.nets, new):
+    for net, expected in zip(twin_views(model), new):
         for got, want in zip(net.get_weights(), expected):
             np.testing.assert_allclose(got, want, atol=1e-6)
     logs = {k: v[0] for k, v in history.history.items()}
@@ -84,7 +85,7 @@ def test_first_step_with_init_anchor_is_plain_sgd_step():
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     h_plain = plain.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     h_hta = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
-    for net in model.nets:
+    for net in twin_views(model):
         for got, want in zip(net.get_weights(), plain.get_weights()):
             np.testing.assert_allclose(got, want, atol=1e-7)
     np.testing.assert_allclose(h_hta.history["loss"][0], 2 * h_plain.history["loss"][0], rtol=1e-6)
@@ -105,7 +106,7 @@ def test_without_penalties_twins_train_exactly_like_plain_keras(num_groups):
         m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
     h_plain = plain.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
     h_hta = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
-    for net in model.nets:  # BatchNorm statistics included
+    for net in twin_views(model):  # BatchNorm statistics included
         for got, want in zip(net.get_weights(), plain.get_weights()):
             np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(
@@ -120,10 +121,10 @@ def test_large_l_decouples_each_twin_into_its_free_group():
     x, y = regression_data(n=64)
     L, lr = 100.0, 0.004
     model = hta.HomotopyModel.from_model(dense_network(hidden=8), anchor="init", homotopy_l=L)
-    start = [net.get_weights() for net in model.nets]
+    start = [net.get_weights() for net in twin_views(model)]
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     model.fit(x, y, batch_size=64, epochs=150, verbose=0)
-    for k, net in enumerate(model.nets):
+    for k, net in enumerate(twin_views(model)):
         for w0, w, a, m in zip(start[k], net.trainable_weights, model.anchors, model.anchor_masks[k]):
             m = _np(m).astype(bool)
             drift = np.abs(w.numpy() - _np(a))[m].max()
@@ -146,7 +147,7 @@ def test_small_l_pulls_the_twins_together():
     for L in (0.1, 0.05, 0.025):
         keras.utils.set_random_seed(0)
         model = hta.HomotopyModel.from_model(dense_network(), homotopy_l=L)
-        model.twins[0].set_weights([w + 0.5 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w + 0.5 for w in model.twin(1).get_weights()])
         model.compile(optimizer=keras.optimizers.SGD(L / 10), loss="mse")
         gap0 = float(model.penalties()[1])
         model.fit(x, y, batch_size=32, epochs=150, verbose=0)
@@ -161,13 +162,13 @@ def test_twins_are_separate_weights_and_batchnorm_statistics():
     paths = [v.path for v in model.weights]
     assert len(paths) == len(set(paths))
     theta_ids = {id(v) for v in model.network.weights}
-    assert not theta_ids & {id(v) for v in model.twins[0].weights}
-    for a, b in zip(model.network.get_weights(), model.twins[0].get_weights()):
+    assert not theta_ids & {id(v) for v in model.twin(1).weights}
+    for a, b in zip(model.network.get_weights(), model.twin(1).get_weights()):
         np.testing.assert_array_equal(a, b)  # η starts as an exact copy
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     bn_theta = model.network.layers[2].moving_mean.numpy()
-    bn_eta = model.twins[0].layers[2].moving_mean.numpy()
+    bn_eta = model.twin(1).variable(model.network.layers[2].moving_mean).numpy()
     assert np.abs(bn_theta - bn_eta).max() > 1e-4
     # Inference uses θ.
     np.testing.assert_allclose(model.predict(x, verbose=0), model.network.predict(x, verbose=0), atol=1e-6)
@@ -240,7 +241,7 @@ def test_functional_construction_matches_from_model():
     outputs = keras.layers.Dense(3)(inputs)
     model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.2)
     assert float(model.homotopy_l.numpy()) == pytest.approx(0.2)
-    assert len(model.twins) == 1 and model.built
+    assert model.num_groups == 2 and len(model.twin_state.twins) == 1 and model.built
     with pytest.raises(ValueError, match="inputs"):
         hta.HomotopyModel(inputs)
 
@@ -265,7 +266,7 @@ def test_stability_warning_matches_real_divergence():
         L = L_edge * factor
         model = hta.HomotopyModel.from_model(
             dense_network(), homotopy_l=L, split="random", seed=0, penalty_update="gradient")
-        model.twins[0].set_weights([w + 0.01 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w + 0.01 for w in model.twin(1).get_weights()])
         stable = lr * curv(L) < 3.8
         if stable:
             model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
@@ -285,7 +286,7 @@ def test_per_output_loss_metrics_report_theta_only():
     h = keras.layers.Dense(5, activation="tanh")(inputs)
     outputs = {"a": keras.layers.Dense(2, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)}
     model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
-    model.twins[0].set_weights([w + 1.0 for w in model.twins[0].get_weights()])  # η predicts differently
+    model.twin(1).set_weights([w + 1.0 for w in model.twin(1).get_weights()])  # η predicts differently
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"a": "mse", "b": "mse"})
     targets = {"a": y[:, :2], "b": y[:, 2:]}
     history = model.fit(x, targets, batch_size=16, epochs=1, verbose=0)
@@ -293,7 +294,7 @@ def test_per_output_loss_metrics_report_theta_only():
     np.testing.assert_allclose(history.history["a_loss"][0], np.mean((pred["a"] - targets["a"]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(history.history["b_loss"][0], np.mean((pred["b"] - targets["b"]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(history.history["f_theta"][0], history.history["a_loss"][0] + history.history["b_loss"][0], rtol=1e-5)
-    eta = model.twins[0].predict(x, verbose=0)  # η's f: the same dict loss, on η's outputs
+    eta = model.twin(1).predict(x, verbose=0)  # η's f: the same dict loss, on η's outputs
     f_eta = sum(np.mean((eta[k] - targets[k]) ** 2) for k in ("a", "b"))
     np.testing.assert_allclose(history.history["f_eta"][0], f_eta, rtol=1e-5)
     assert abs(f_eta - history.history["f_theta"][0]) > 0.1  # so the check above tells θ from η
@@ -306,12 +307,12 @@ def test_list_outputs_with_dict_loss_weights_and_twin_regularizers():
     h = keras.layers.Dense(5, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.1))(inputs)
     outputs = [keras.layers.Dense(2, name="a")(h), keras.layers.Dense(1, name="b")(h)]
     model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
-    model.twins[0].set_weights([w * 2.0 for w in model.twins[0].get_weights()])
+    model.twin(1).set_weights([w * 2.0 for w in model.twin(1).get_weights()])
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"a": "mse", "b": "mae"}, loss_weights={"a": 1.0, "b": 3.0})
     history = model.fit(x, [y[:, :2], y[:, 2:]], batch_size=16, epochs=1, verbose=0)
-    for net, key in ((model.network, "f_theta"), (model.twins[0], "f_eta")):
+    for net, key in ((model.twin(0), "f_theta"), (model.twin(1), "f_eta")):
         a, b = net.predict(x, verbose=0)
-        kernel = net.layers[1].kernel.numpy()
+        kernel = net.variable(model.network.layers[1].kernel).numpy()
         want = np.mean((a - y[:, :2]) ** 2) + 3.0 * np.mean(np.abs(b - y[:, 2:])) + 0.1 * np.sum(kernel**2)
         np.testing.assert_allclose(history.history[key][0], want, rtol=1e-5, err_msg=key)
 
@@ -321,7 +322,7 @@ def test_split_batch_twins_train_like_plain_keras_on_their_slices():
     model = _NoPenalty.from_model(dense_network(hidden=6), twin_batch="split", penalty_update="gradient")
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    for k, net in enumerate(model.nets):
+    for k, net in enumerate(twin_views(model)):
         plain = dense_network(hidden=6)
         plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
         # Batches of 16 split by parity = batches of 8 from the strided slices.
@@ -349,20 +350,6 @@ def _f_step(x, y, twins, lr):
     return new
 
 
-def _prox_by_linear_solve(twins, anchor, masks, gamma, L):
-    """The proximal step solved element by element as an m×m linear system."""
-    m = len(twins)
-    out = [[np.empty_like(w) for w in ws] for ws in twins]
-    for i in range(len(twins[0])):
-        for index in np.ndindex(twins[0][i].shape):
-            a = np.array([masks[k][i][index] for k in range(m)])
-            A = np.eye(m) + 2 * gamma * L * np.diag(a) + (2 * gamma / L) * (m * np.eye(m) - np.ones((m, m)))
-            rhs = np.array([twins[k][i][index] for k in range(m)]) + 2 * gamma * L * a * anchor[i][index]
-            for k, value in enumerate(np.linalg.solve(A, rhs)):
-                out[k][i][index] = value
-    return out
-
-
 @pytest.mark.parametrize("num_groups", [2, 3])
 def test_proximal_fit_steps_equal_optimizer_step_then_closed_form(num_groups):
     x, y = regression_data(n=16)
@@ -372,9 +359,9 @@ def test_proximal_fit_steps_equal_optimizer_step_then_closed_form(num_groups):
         num_groups=num_groups, homotopy_l=L,
     )
     rng = np.random.default_rng(2)
-    for twin in model.twins:
+    for twin in twin_views(model)[1:]:
         twin.set_weights([w + rng.normal(scale=0.3, size=w.shape) for w in twin.get_weights()])
-    twins = [net.get_weights() for net in model.nets]
+    twins = [net.get_weights() for net in twin_views(model)]
     anchor = [_np(a) for a in model.anchors]
     masks = [[_np(m) for m in ms] for ms in model.anchor_masks]
     # A learning-rate schedule: γ must follow it step by step.
@@ -383,8 +370,8 @@ def test_proximal_fit_steps_equal_optimizer_step_then_closed_form(num_groups):
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     for step, gamma in enumerate((0.5, 0.125)):
         batch = slice(8 * step, 8 * step + 8)
-        twins = _prox_by_linear_solve(_f_step(x[batch], y[batch], twins, gamma), anchor, masks, gamma, L)
-    for net, expected in zip(model.nets, twins):
+        twins = proximal_solve_twins(_f_step(x[batch], y[batch], twins, gamma), masks, anchor, gamma, L)
+    for net, expected in zip(twin_views(model), twins):
         for got, want in zip(net.get_weights(), expected):
             np.testing.assert_allclose(got, want, atol=1e-6)
 
@@ -393,9 +380,9 @@ def test_proximal_logs_h_at_the_step_start():
     x, y = regression_data(n=16)
     L = 0.3
     model = hta.HomotopyModel.from_model(dense_network(), homotopy_l=L)
-    model.twins[0].set_weights([w + 0.2 for w in model.twins[0].get_weights()])
+    model.twin(1).set_weights([w + 0.2 for w in model.twin(1).get_weights()])
     anchor0, coupling0 = (float(t) for t in model.penalties())
-    f0 = [float(np.mean((net.predict(x, verbose=0) - y) ** 2)) for net in model.nets]
+    f0 = [float(np.mean((net.predict(x, verbose=0) - y) ** 2)) for net in twin_views(model)]
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     logs = {k: v[0] for k, v in model.fit(x, y, batch_size=16, epochs=1, verbose=0).history.items()}
     np.testing.assert_allclose([logs["f_theta"], logs["f_eta"]], f0, rtol=1e-5)
@@ -414,7 +401,7 @@ def test_proximal_is_stable_far_beyond_the_explicit_bound():
     for update in ("proximal", "gradient"):
         model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=L, penalty_update=update)
         assert lr * model.penalty_curvature() > 100 * 3.8 * 0.99
-        model.twins[0].set_weights([w + 0.01 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w + 0.01 for w in model.twin(1).get_weights()])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
@@ -434,10 +421,10 @@ def test_proximal_and_gradient_updates_agree_to_second_order_in_lr():
         for update in ("proximal", "gradient"):
             model = hta.HomotopyModel.from_model(
                 dense_network(), homotopy_l=0.5, anchor="init", split="random", seed=1, penalty_update=update)
-            model.twins[0].set_weights([w + 0.3 for w in model.twins[0].get_weights()])
+            model.twin(1).set_weights([w + 0.3 for w in model.twin(1).get_weights()])
             model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
             model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-            nets[update] = np.concatenate([w.ravel() for net in model.nets for w in net.get_weights()])
+            nets[update] = np.concatenate([w.ravel() for net in twin_views(model) for w in net.get_weights()])
         gaps.append(np.abs(nets["proximal"] - nets["gradient"]).max())
     ratios = [gaps[0] / gaps[1], gaps[1] / gaps[2]]
     assert all(3.5 < r < 4.5 for r in ratios), ratios
@@ -446,18 +433,18 @@ def test_proximal_and_gradient_updates_agree_to_second_order_in_lr():
 def test_proximal_limits_of_l_in_one_step():
     x, y = regression_data(n=16)
     model = hta.HomotopyModel.from_model(dense_network(hidden=4), homotopy_l=1e-7, num_groups=3)
-    for k, twin in enumerate(model.twins):
+    for k, twin in enumerate(twin_views(model)[1:]):
         twin.set_weights([w + 0.2 * (k + 1) for w in twin.get_weights()])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    for net in model.twins:  # L → 0: every twin equals the others
+    for net in twin_views(model)[1:]:  # L → 0: every twin equals the others
         for a, b in zip(net.get_weights(), model.network.get_weights()):
             np.testing.assert_allclose(a, b, atol=1e-5)
 
     model = hta.HomotopyModel.from_model(dense_network(hidden=4), homotopy_l=1e7, anchor="zeros")
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    for net, masks in zip(model.nets, model.anchor_masks):  # L → ∞: anchored groups on θ̃ = 0
+    for net, masks in zip(twin_views(model), model.anchor_masks):  # L → ∞: anchored groups on θ̃ = 0
         for w, m in zip(net.trainable_weights, masks):
             np.testing.assert_allclose(w.numpy()[_np(m) == 1], 0.0, atol=1e-5)
 
@@ -471,7 +458,7 @@ def test_split_batch_never_hands_a_twin_an_empty_batch(batch):
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
     assert all(np.isfinite(v[0]) for v in history.history.values())
-    for k, net in enumerate(model.nets):
+    for k, net in enumerate(twin_views(model)):
         assert all(np.all(np.isfinite(w)) for w in net.get_weights())
         # Fewer examples than twins: every twin trains on the whole batch.
         part = slice(None) if batch < 3 else slice(k, None, 3)
@@ -540,10 +527,10 @@ def test_add_loss_only_model_each_twin_takes_its_own_loss():
     inputs = keras.Input((4,))
     outputs = _MeanSquareLoss()(keras.layers.Dense(3)(inputs))
     model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
-    model.twins[0].set_weights([w * 3.0 for w in model.twins[0].get_weights()])
+    model.twin(1).set_weights([w * 3.0 for w in model.twin(1).get_weights()])
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     history = model.fit(x, batch_size=16, epochs=1, verbose=0)
-    want = [np.mean(_np(net.layers[1](x)) ** 2) for net in model.nets]
+    want = [np.mean(_np(hta.merge(model, how=k).layers[1](x)) ** 2) for k in range(2)]
     np.testing.assert_allclose([history.history["f_theta"][0], history.history["f_eta"][0]], want, rtol=1e-5)
     assert abs(want[1] - want[0]) > 0.1
     np.testing.assert_allclose(model.evaluate(x, verbose=0), want[0], rtol=1e-5)
@@ -555,7 +542,7 @@ def test_gradient_accumulation_equals_the_large_batch():
     weights = []
     for batch, accumulate in ((16, None), (8, 2)):
         model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=0.05, anchor="init")
-        model.twins[0].set_weights([w * 0.5 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w * 0.5 for w in model.twin(1).get_weights()])
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9, gradient_accumulation_steps=accumulate)
         model.compile(optimizer=optimizer, loss="mse")
         start_gap = float(model.penalties()[1])
@@ -575,7 +562,7 @@ def test_a_skipped_loss_scaled_step_moves_no_weight():
         model = hta.HomotopyModel.from_model(dense_network(hidden=6), homotopy_l=0.05)
     finally:
         keras.config.set_dtype_policy("float32")
-    model.twins[0].set_weights([w * 0.5 for w in model.twins[0].get_weights()])
+    model.twin(1).set_weights([w * 0.5 for w in model.twin(1).get_weights()])
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0**60)
     model.compile(optimizer=optimizer, loss="mse")
     start = [w.numpy() for w in model.weights if w.trainable]
@@ -587,14 +574,12 @@ def test_a_skipped_loss_scaled_step_moves_no_weight():
 
 def _proximal_drift_reference(weights, groups, steps, gamma, L):
     """`steps` exact proximal steps on two twins that start equal, zero anchors, in float64."""
-    from test_penalties import _float64_solve
-
     theta = [np.asarray(w, np.float64) for w in weights]
     eta = [t.copy() for t in theta]
     for _ in range(steps):
         for i, g in enumerate(groups):
             free = [np.broadcast_to(g == 1, theta[i].shape), np.broadcast_to(g == 0, theta[i].shape)]
-            theta[i], eta[i] = _float64_solve([theta[i], eta[i]], free, gamma, L, None)
+            theta[i], eta[i] = proximal_solve([theta[i], eta[i]], free, gamma, L, None)
     return theta
 
 
@@ -610,7 +595,7 @@ def test_the_proximal_step_never_grows_the_weights_in_float32():
     model = hta.HomotopyModel.from_model(network, homotopy_l=1e-4, anchor="zeros")
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", loss_weights=0.0)
     before = [np.array(w) for w in model.network.get_weights()]
-    groups = [np.asarray(keras.ops.convert_to_numpy(g)) for g in model._groups]
+    groups = [np.asarray(keras.ops.convert_to_numpy(g)) for g in model.twin_state.groups(model.twin_state.active())]
     x, y = regression_data(n=4000, n_in=8, n_out=4)
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # 1000 steps
     after = model.network.get_weights()
@@ -620,3 +605,74 @@ def test_the_proximal_step_never_grows_the_weights_in_float32():
     assert want_ratio < 1.0
     assert ratio <= 1.0, f"‖θ‖ grew by {ratio:.4f}"
     np.testing.assert_allclose(ratio, want_ratio, rtol=1e-4)
+
+
+# --- a fit that raises ------------------------------------------------------
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches of 8 in order; raises on batch `fail_at` (never, for None)."""
+
+    def __init__(self, x, y, fail_at=None):
+        super().__init__()
+        self.x, self.y, self.fail_at = x, y, fail_at
+
+    def __len__(self):
+        return len(self.x) // 8
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError("bad batch")
+        return self.x[8 * i:8 * i + 8], self.y[8 * i:8 * i + 8]
+
+
+def _fresh_bn_model():
+    keras.utils.set_random_seed(9)
+    model = hta.HomotopyModel.from_model(dense_network(hidden=5, batch_norm=True), homotopy_l=0.3, anchor="init")
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    return model
+
+
+def _state(model):
+    """The trained values: every twin's weights and state, the anchors, the optimizer's slots."""
+    return [np.array(v) for v in list(model.network.weights) + list(model.twin_state.weights)
+            + list(model.optimizer.variables)]
+
+
+class _RaiseBefore(keras.callbacks.Callback):
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.batch:
+            raise RuntimeError("bad batch")
+
+
+@pytest.mark.parametrize("fail_at,where", [(0, "data"), (2, "callback")])
+def test_a_fit_that_raises_leaves_the_last_completed_step_and_the_next_fit_works(fail_at, where):
+    """Batch `fail_at` of the second fit raises: the model holds the steps before it, counts one epoch, fits on.
+
+    "data": the first batch cannot be read, inside the step on JAX (where plain Keras 3.15 is then left without
+    its variables' values); "callback": a callback raises before the third step.
+    """
+    x, y = regression_data(n=32)
+    schedule = hta.schedules.Linear(0.3, 0.1, -0.1)
+    failed, reference = _fresh_bn_model(), _fresh_bn_model()
+    for model in (failed, reference):
+        model.fit(_Batches(x, y), epochs=1, shuffle=False, verbose=0, callbacks=[hta.HomotopyScheduler(schedule)])
+    data = _Batches(x, y, fail_at=fail_at) if where == "data" else _Batches(x, y)
+    raising = [_RaiseBefore(fail_at)] if where == "callback" else []
+    with pytest.raises(Exception, match="bad batch"):  # TensorFlow: raised through tf.data
+        failed.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[hta.HomotopyScheduler(schedule)] + raising)
+    reference.homotopy_l.assign(0.2)  # the failed epoch's L, set at its start
+    if fail_at:  # the steps that completed before the failure, taken by hand on the reference
+        for i in range(fail_at):
+            reference.train_on_batch(x[8 * i:8 * i + 8], y[8 * i:8 * i + 8])
+    assert int(failed.homotopy_epoch.numpy()) == 1  # completed epochs only
+    for got, want in zip(_state(failed), _state(reference)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    history = failed.fit(_Batches(x, y), epochs=1, shuffle=False, verbose=0,
+                         callbacks=[hta.HomotopyScheduler(schedule)])  # and the next fit goes on from there
+    assert np.isfinite(history.history["loss"][0]) and int(failed.homotopy_epoch.numpy()) == 2
+    np.testing.assert_allclose(history.history["homotopy_l"], [0.2], rtol=1e-6)

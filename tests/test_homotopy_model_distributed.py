@@ -17,7 +17,7 @@ def _train(strategy, x, y, steps_epochs=3):
         model = hta.HomotopyModel.from_model(
             dense_network(hidden=8), anchor="zeros", split="random", seed=2, homotopy_l=0.5
         )
-        model.twins[0].set_weights([w * 1.1 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w * 1.1 for w in model.twin(1).get_weights()])
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     history = model.fit(
         x, y, batch_size=16, epochs=steps_epochs, shuffle=False, verbose=0,
@@ -44,7 +44,7 @@ def _train_multi_output(strategy, x, y):
         h = keras.layers.Dense(6, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.01))(inputs)
         outputs = {"a": keras.layers.Dense(2, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)}
         model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
-        model.twins[0].set_weights([w * 1.1 for w in model.twins[0].get_weights()])
+        model.twin(1).set_weights([w * 1.1 for w in model.twin(1).get_weights()])
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss={"a": "mse", "b": "mae"}, loss_weights={"a": 1.0, "b": 2.0})
     history = model.fit(x, {"a": y[:, :2], "b": y[:, 2:]}, batch_size=16, epochs=2, shuffle=False, verbose=0)
     return model, history.history

@@ -12,7 +12,7 @@ import pytest
 
 import keras
 import keras_hta as hta
-from conftest import BACKEND
+from conftest import BACKEND, twin_views
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -54,8 +54,8 @@ def test_gpt2_causal_lm_twins_keep_the_tied_embedding_and_step_like_plain_keras(
     y = rng.integers(0, VOCAB, (8, LENGTH))
     task = _causal_lm(0)
     model = hta.HomotopyModel.from_model(task, anchor="init", homotopy_l=0.3, penalty_update="gradient")
-    twin = model.twins[0]
-    assert type(twin) is type(task) and len(twin.weights) == len(task.weights)  # one embedding, as in θ
+    assert len(model.twin(1).weights) == len(task.weights)  # one network: one tied embedding in every twin
+    assert len(model.twin_state.twinned()) == len(task.trainable_variables)
     reference = _causal_lm(0)
     plain = keras.Model(reference.inputs, reference.outputs)  # the task's graph and weights, trained by plain fit
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -65,7 +65,7 @@ def test_gpt2_causal_lm_twins_keep_the_tied_embedding_and_step_like_plain_keras(
     h_hta = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     # At the anchor the penalties' gradient is zero: each twin takes plain SGD's step, the tied embedding's
     # gradient (input and logits) included.
-    for net in model.nets:
+    for net in twin_views(model):
         for got, want in zip(net.get_weights(), reference.get_weights()):
             np.testing.assert_allclose(got, want, atol=2e-6)
     np.testing.assert_allclose(h_hta.history["loss"][0], 2 * h_plain.history["loss"][0], rtol=1e-5)
@@ -80,21 +80,24 @@ def test_gpt2_causal_lm_trains_merges_into_its_class_saves_and_reloads(tmp_path)
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     assert float(model.penalties()[1]) > 0  # the twins moved apart
     expected = _call(model, x)
-    for how, net in (("theta", model.network), ("eta", model.twins[0])):
+    for how, net in (("theta", model.network), ("eta", model.twin(1))):
         merged = hta.merge(model, how=how)
         assert isinstance(merged, keras_hub.models.GPT2CausalLM)
         np.testing.assert_allclose(_call(merged, x), _call(net, x), atol=1e-6)
-    mask = np.broadcast_to(np.arange(LENGTH) < 3, (2, LENGTH))  # two prompts of 3 tokens
-    prompt = {"token_ids": np.where(mask, x["token_ids"][:2], 0).astype("int32"), "padding_mask": mask}
-    for task in (merged, model.twins[0]):  # the task's own generate(), greedy: the merged η continues as η
-        task.compile(sampler="greedy")
-    np.testing.assert_array_equal(merged.generate(prompt, stop_token_ids=None)["token_ids"],
-                                  model.twins[0].generate(prompt, stop_token_ids=None)["token_ids"])
     model.save(tmp_path / "lm.keras")
     restored = keras.models.load_model(tmp_path / "lm.keras")
     np.testing.assert_allclose(_call(restored, x), expected, atol=1e-6)
-    np.testing.assert_allclose(_call(restored.twins[0], x), _call(model.twins[0], x), atol=1e-6)
+    np.testing.assert_allclose(_call(restored.twin(1), x), _call(model.twin(1), x), atol=1e-6)
     _check_served(model, tmp_path / "served", x, expected)
+    # The task's own generate(), greedy: the merged copy of η generates as the network carrying η's weights.
+    mask = np.broadcast_to(np.arange(LENGTH) < 3, (2, LENGTH))  # two prompts of 3 tokens
+    prompt = {"token_ids": np.where(mask, x["token_ids"][:2], 0).astype("int32"), "padding_mask": mask}
+    in_place = hta.merge(model, how="eta", in_place=True)
+    assert in_place is model.network
+    for task in (merged, in_place):
+        task.compile(sampler="greedy")
+    np.testing.assert_array_equal(merged.generate(prompt, stop_token_ids=None)["token_ids"],
+                                  in_place.generate(prompt, stop_token_ids=None)["token_ids"])
 
 
 def test_bert_backbone_under_a_classifier_head_trains_merges_and_exports(tmp_path):
@@ -134,6 +137,33 @@ def test_a_task_with_a_preprocessor_warns_and_trains_on_its_preprocessed_batches
     np.testing.assert_allclose(history.history["f_theta"][0], float(want), rtol=1e-5)
 
 
+def test_a_backbone_after_enable_lora_trains_only_lora_and_head_in_every_twin(tmp_path):
+    x, rng = _tokens(n=8)
+    x["segment_ids"] = np.zeros_like(x["token_ids"])
+    y = rng.integers(0, 2, 8)
+    task = keras_hub.models.BertTextClassifier(_bert(7), num_classes=2, preprocessor=None, dropout=0.0)
+    task.backbone.enable_lora(2)
+    trained = {v.path for v in task.trainable_variables}
+    assert trained and all("lora" in p or not p.startswith(task.backbone.name) for p in trained)
+    frozen = {v.path: keras.ops.convert_to_numpy(v) for v in task.variables if v.path not in trained}
+    model = hta.HomotopyModel.from_model(task, homotopy_l=0.1, anchor="init")
+    assert {task.variables[p].path for p in model.twin_state.twinned()} == trained
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for k in range(2):
+        for v in task.variables:
+            mine = model.twin(k).variable(v)
+            if v.path in frozen:  # the base weights: one variable, unchanged
+                assert mine is v
+                np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), frozen[v.path])
+    assert float(model.penalties()[1]) > 0  # the LoRA weights and the head moved, twin by twin
+    model.save(tmp_path / "lora.keras")
+    restored = keras.models.load_model(tmp_path / "lora.keras")
+    for k in range(2):
+        np.testing.assert_allclose(_call(restored.twin(k), x), _call(model.twin(k), x), atol=1e-6)
+
+
 def _bert(seed):
     keras.utils.set_random_seed(seed)
     return keras_hub.models.BertBackbone(**SIZE)
@@ -164,12 +194,12 @@ def test_a_task_wraps_trains_and_merges_into_its_class(name):
     rng = np.random.default_rng(6)
     task, x, y = TASKS[name](rng)
     model = hta.HomotopyModel.from_model(task, homotopy_l=0.1)
-    assert len(model.twins[0].weights) == len(task.weights)
+    assert len(model.twin(1).weights) == len(task.weights)
     model.compile(optimizer=keras.optimizers.SGD(0.05),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert float(model.penalties()[1]) > 0
-    for how, net in (("theta", model.network), ("eta", model.twins[0])):
+    for how, net in (("theta", model.network), ("eta", model.twin(1))):
         merged = hta.merge(model, how=how)
         assert type(merged) is type(task)
         np.testing.assert_allclose(_call(merged, x), _call(net, x), atol=1e-6)

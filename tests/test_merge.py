@@ -26,7 +26,7 @@ def test_merge_theta_eta_and_index():
     assert len(plain.weights) == len(model.network.weights)
     assert [l.name for l in plain.layers] == [l.name for l in model.network.layers]
     np.testing.assert_array_equal(plain.predict(x, verbose=0), model.predict(x, verbose=0))
-    for how, net in (("eta", model.twins[0]), (2, model.twins[1])):
+    for how, net in (("eta", model.twin(1)), (2, model.twin(2))):
         for a, b in zip(hta.merge(model, how=how).get_weights(), net.get_weights()):
             np.testing.assert_array_equal(a, b)
 
@@ -34,7 +34,7 @@ def test_merge_theta_eta_and_index():
 def test_merge_average_is_mean_of_twins():
     model, _ = _trained()
     avg = hta.merge(model, how="average")
-    for got, a, b in zip(avg.get_weights(), model.network.get_weights(), model.twins[0].get_weights()):
+    for got, a, b in zip(avg.get_weights(), model.network.get_weights(), model.twin(1).get_weights()):
         np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-6)
 
 

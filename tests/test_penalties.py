@@ -6,6 +6,7 @@ import pytest
 
 import keras
 from conftest import gradients
+from reference import proximal_solve
 from keras import ops
 from keras_hta.penalties import homotopy_penalties, proximal_update
 
@@ -118,24 +119,6 @@ def test_penalty_curvature_and_sgd_limit():
     assert sgd_divergence_limit(0.9, nesterov=True) == pytest.approx(3.8 / 2.8)
 
 
-def _float64_solve(values, free, gamma, L, anchor):
-    """The proximal step by a float64 linear solve of its stationarity system, element by element.
-
-    (D − c·11ᵀ) w = w′ + d·a·θ̃, D_k = 1 + c·m + d·a_k, c = 2γ/L, d = 2γL.
-    """
-    m = len(values)
-    c, d = 2.0 * gamma / L, 2.0 * gamma * L
-    values = np.stack([np.asarray(v, np.float64) for v in values])
-    free = np.stack([np.broadcast_to(np.asarray(e, np.float64), values.shape[1:]) for e in free])
-    anchor = np.zeros(values.shape[1:]) if anchor is None else np.asarray(anchor, np.float64)
-    out = np.empty_like(values)
-    for index in np.ndindex(values.shape[1:]):
-        a = 1.0 - free[(slice(None),) + index]
-        system = np.diag(1.0 + c * m + d * a) - c * np.ones((m, m))
-        out[(slice(None),) + index] = np.linalg.solve(system, values[(slice(None),) + index] + d * a * anchor[index])
-    return out
-
-
 C_GRID = np.logspace(-2, 6, 9)  # c = 2γ/L
 L_GRID = np.logspace(-5, 3, 9)
 
@@ -162,7 +145,7 @@ def test_proximal_update_float32_equals_a_float64_solve_over_the_whole_range(m, 
             )
             got = np.stack([ops.convert_to_numpy(g) for g in got]).astype(np.float64)
             assert got.dtype == np.float64 and np.all(np.isfinite(got))
-            want = _float64_solve(values, free, gamma, float(np.float32(L)), anchor)
+            want = proximal_solve(values, free, gamma, float(np.float32(L)), anchor)
             error = np.max(np.abs(got - want)) / np.max(np.abs(want))
             worst = max(worst, error)
             assert error <= 1e-6, f"c={c:g}, L={L:g}: relative error {error:.3g}"
@@ -179,7 +162,7 @@ def test_proximal_update_of_half_precision_weights_runs_in_float32(dtype):
     gamma, L = 5.0, 1e-4  # c = 1e5: float16 arithmetic (max 65504) would overflow
     got = proximal_update(half, [ops.convert_to_tensor(e) for e in free], gamma, L)
     assert all(keras.backend.standardize_dtype(g.dtype) == dtype for g in got)
-    want = _float64_solve(stored, free, gamma, float(np.float32(L)), None)
+    want = proximal_solve(stored, free, gamma, float(np.float32(L)), None)
     want_rounded = ops.convert_to_numpy(ops.cast(ops.cast(ops.convert_to_tensor(want.astype("float32")), dtype), "float32"))
     for g, w in zip(got, want_rounded):  # the float32 result, rounded once to the storage dtype
         np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(g, "float32")), w)

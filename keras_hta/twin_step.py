@@ -1,0 +1,83 @@
+"""What every backend's HTA step shares: the twins' batches, and the exact proximal update after the optimizer's step.
+
+`keras_hta.step` holds the lines that differ per backend and calls these
+around Keras' own `train_step`.
+"""
+
+import contextlib
+import threading
+
+import keras
+from keras import ops
+from keras_hta import penalties as penalties_lib
+from keras_hta import splits as splits_lib
+from keras_hta import step as step_lib
+from keras_hta import twins as twins_lib
+
+# The twins' parts of a split batch, kept by the step for `compute_loss`; per
+# thread, as tf.distribute runs each replica's step in a thread of its own.
+_SPLIT = threading.local()
+
+
+def twin_parts(model):
+    """The twins' `(x, y, sample_weight)` of the running step's split batch, or `None` (every twin: the whole batch)."""
+    return getattr(_SPLIT, "parts", {}).get(id(model))
+
+
+class TwinStep:
+    """The split batch before Keras' step, and the proximal update after it (mixed into `HomotopyModel`)."""
+
+    @contextlib.contextmanager
+    def _twin_batches(self, data):
+        """Yields θ's batch; with `twin_batch="split"` keeps the twins' parts for `compute_loss`."""
+        if self.twin_batch != "split":
+            yield data
+            return
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        parts = twins_lib.split_batch((x, y, sample_weight), self.num_groups, "split")
+        if not hasattr(_SPLIT, "parts"):
+            _SPLIT.parts = {}
+        _SPLIT.parts[id(self)] = parts
+        try:
+            yield keras.utils.pack_x_y_sample_weight(*parts[0])
+        finally:
+            del _SPLIT.parts[id(self)]
+
+    def _before_step(self):
+        """γ (the learning rate of the coming step) and, where a step may not move the weights, the iteration count.
+
+        `None` for `penalty_update="gradient"`. Read before the optimizer's step.
+        """
+        if self.penalty_update != "proximal":
+            return None
+        gamma = ops.copy(ops.cast(self.optimizer.learning_rate, "float32"))
+        # The optimizer's `iterations` advance only on a step that moves the weights.
+        may_skip = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) or bool(
+            getattr(self.optimizer, "gradient_accumulation_steps", None))
+        iterations = ops.copy(ops.convert_to_tensor(self.optimizer.iterations)) if may_skip else None
+        return gamma, iterations
+
+    def _proximal_step(self, gamma, iterations=None):
+        """Applies the penalties exactly after the optimizer's step (see `keras_hta.penalties.proximal_update`).
+
+        `iterations`: the optimizer's count before the step, or None; where
+        it has not advanced (accumulating gradients, or a skipped loss-scaled
+        step) the weights are left alone.
+        """
+        updated = None if iterations is None else ops.greater(ops.convert_to_tensor(self.optimizer.iterations), iterations)
+        state = self.twin_state
+        positions = state.active()
+        per_twin = state.values(positions)
+        anchors = state.anchors(positions)
+        updates = []
+        with step_lib.no_grad():
+            for i, group in enumerate(state.groups(positions)):
+                variables = [ws[i] for ws in per_twin]
+                values = [ops.convert_to_tensor(v) for v in variables]
+                free = [e for (e,) in splits_lib.free_masks([group], self.num_groups, values[0].dtype)]
+                anchor = None if anchors is None else ops.convert_to_tensor(anchors[i])
+                new = penalties_lib.proximal_update(values, free, gamma, self.homotopy_l, anchor)
+                if updated is not None:
+                    new = [ops.where(updated, n, v) for n, v in zip(new, values)]
+                updates += zip(variables, new)
+        step_lib.assign_all(updates)
