@@ -1,6 +1,5 @@
 """`HomotopyModel`: a Keras model trained with the Homotopy Training Algorithm."""
 
-import inspect
 import warnings
 
 import numpy as np
@@ -10,49 +9,19 @@ from keras import ops
 from keras_hta import compat
 from keras_hta import homotopy_scheduler as scheduler_lib
 from keras_hta import losses as losses_lib
+from keras_hta import network as network_lib
 from keras_hta import penalties as penalties_lib
 from keras_hta import schedules as schedules_lib
-from keras_hta import splits as splits_lib
 from keras_hta import step as step_lib
 from keras_hta import twin_step as twin_step_lib
+from keras_hta import twin_variables as twin_variables_lib
 from keras_hta import twins as twins_lib
-
-def _refuse_unloadable(network):
-    """Raises, in one line, where Keras could save `network` but not rebuild it when loading.
-
-    That is a subclassed network whose class keeps Keras' default `get_config`
-    while its `__init__` takes no `**kwargs` or needs arguments: Keras' loader
-    calls `cls(**config)`. Weights alone save (`save_weights`) whatever the class.
-    """
-    cls = type(network)
-    if isinstance(network, keras.Sequential) or cls.get_config is not keras.Model.get_config:
-        return
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    needs = [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not takes_kwargs or needs:
-        raise ValueError(
-            f"HomotopyModel.save: Keras cannot rebuild the network '{network.name}' when loading: its class "
-            f"{cls.__name__} has no get_config() and its __init__ {'needs ' + ', '.join(needs) if needs else 'takes no **kwargs'}. "
-            f"Give {cls.__name__} a get_config() returning its __init__ arguments, or save the weights alone with "
-            "model.save_weights('m.weights.h5')."
-        )
-
-
-def _refuse_h5(filepath, where="filepath"):
-    path = str(filepath)
-    if path.endswith((".h5", ".hdf5")) and not path.endswith(".weights.h5"):
-        raise ValueError(
-            f"HomotopyModel saves whole models in the .keras format only (Keras' legacy HDF5 writer cannot hold "
-            f"its anchors). Received: {where}={path!r}. Use a '.keras' path, or '.weights.h5' for weights alone."
-        )
-
 
 @keras.saving.register_keras_serializable(package="keras_hta")
 class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     """A model trained by the Homotopy Training Algorithm (HTA) in `fit`.
 
-    HTA keeps `num_groups` twin copies of the trainable weights (θ, η, ...)
+    HTA keeps `num_groups` twin sets of the trainable weights (θ, η, ...)
     and a fixed anchor θ̃. Twin k is free on one group of weights and pulled
     towards the anchor on the others; each step of `fit` minimises
 
@@ -65,12 +34,19 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     L forces them together and recovers f. Anneal L with
     `keras_hta.HomotopyScheduler`.
 
-    Twins start as exact copies of θ (BatchNorm statistics included) and
-    follow θ's `trainable` flags at each `compile`, so freezing and
-    unfreezing layers works as in plain Keras. `predict`, `evaluate` and
-    `call` use θ; `keras_hta.merge` returns a plain Keras model. Build it
-    like a Functional model, `HomotopyModel(inputs, outputs)`, or around a
-    built model, `HomotopyModel.from_model(model)`.
+    The network is held once: θ is its own variables, and twin k ≥ 1 a
+    variable beside each weight the network trains plus its own copy of the
+    state its layers update (BatchNorm statistics, seed states), run through
+    the same network (`keras_hta.twins`, which states the rule); frozen
+    weights exist once. Twins start equal to θ; a weight that first trains
+    at a later `compile` gets its twins then, so freezing and unfreezing
+    layers works as in plain Keras. `predict`, `evaluate` and `call` use θ;
+    `model.twin(k)` reads twin k; `keras_hta.merge` returns a plain Keras
+    model. Build it like a Functional model, `HomotopyModel(inputs,
+    outputs)`, or around a built model, `HomotopyModel.from_model(model)`:
+    any model Keras can train, subclassed ones and custom layers as they
+    are (a layer calling a torch module with its own parameters,
+    `TorchModuleWrapper`, is refused).
 
     Args:
         inputs, outputs: Input and output tensors of a Functional network.
@@ -103,10 +79,12 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         twin_batch: `"full"` (default: every twin sees the whole batch) or
             `"split"` (twin k sees examples k, k + m, ...; a step costs about
             one plain step).
-        twin_factory: Optional callable `() -> keras.Model` building one
-            more copy of a subclassed network; by default twins are cloned
-            or rebuilt from the network's config.
+        twin_factory: Deprecated and ignored (a `DeprecationWarning`): twins
+            are no longer copies of the network.
         seed: Integer or `None`, for `split="random"`.
+        twinned, copied_state: Lists of positions in `network.variables`:
+            the weights with twins and the state copied per twin, in order.
+            A saved model records them; leave them `None`.
         name: String, the model's name.
 
     Raises:
@@ -148,11 +126,12 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         twin_factory=None,
         seed=None,
         twinned=None,
+        copied_state=None,
         name=None,
         **kwargs,
     ):
-        network = twins_lib.check_network(network, inputs, outputs)
-        twins_lib.warn_what_hta_does_not_run(network)
+        network = network_lib.check_network(network, inputs, outputs)
+        network_lib.warn_what_hta_does_not_run(network)
         penalties_lib.check_options(norm, penalty_update)
         twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
@@ -162,7 +141,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
                 "network but sets of variables run through the one network, so every model Keras can train wraps "
                 "as it is.", DeprecationWarning, stacklevel=2,
             )
-        state = twins_lib.TwinState(network, num_groups, split, anchor, seed, twinned)
+        state = twins_lib.TwinState(network, num_groups, split, anchor, seed, twinned, copied_state)
 
         super().__init__(name=name or f"homotopy_{network.name}".replace(".", "_"), **kwargs)  # torch: no "." in names
         self.network = network
@@ -179,7 +158,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         # L and the schedule position: what callbacks assign to.
         self.homotopy_l = self._state(np.float32(homotopy_l), "homotopy_l")
         self.homotopy_epoch = self._state(0, "homotopy_epoch", dtype="int")  # Keras' counter dtype
-        names = [twins_lib.twin_name(k, num_groups) for k in range(num_groups)]
+        names = [twin_variables_lib.twin_name(k, num_groups) for k in range(num_groups)]
         self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
         self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
         self.coupling_tracker = keras.metrics.Mean(name="coupling")
@@ -215,7 +194,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         return getattr(self.network, "output_names", None)
 
     def twin(self, k):
-        """Twin k (0: θ, 1: η, ...) as a `keras_hta.twins.TwinView`: its weights and outputs, read like a model.
+        """Twin k (0: θ, 1: η, ...) as a `keras_hta.twin_variables.TwinView`: its weights and outputs, read like a model.
 
         `model.twin(1).get_weights()` aligns with `model.network.get_weights()`;
         `model.twin(1)(x)` and `model.twin(1).predict(x)` run the network on
@@ -223,7 +202,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_groups:
             raise ValueError(f"Argument `k` must be a twin index in [0, {self.num_groups}). Received: k={k!r}")
-        return twins_lib.TwinView(self.twin_state, int(k))
+        return twin_variables_lib.TwinView(self.twin_state, int(k))
 
     @property
     def anchors(self):
@@ -243,7 +222,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         """
         variables = self.network.variables
         positions = self.twin_state.active()
-        masks = splits_lib.anchor_masks(self.twin_state.groups(positions), self.num_groups)
+        masks = self.twin_state.masks(positions, anchored=True)
         return [[ops.broadcast_to(a, tuple(variables[p].shape)) for a, p in zip(ms, positions)] for ms in masks]
 
     def group_sizes(self):
@@ -263,7 +242,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         """
         state = self.twin_state
         positions = state.active()
-        masks = splits_lib.anchor_masks(state.groups(positions), self.num_groups)
+        masks = state.masks(positions, anchored=True)
         return penalties_lib.homotopy_penalties(state.values(positions), state.anchors(positions), masks, self.norm)
 
     def penalty_curvature(self, homotopy_l=None):
@@ -313,8 +292,8 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         subclassed network that Keras could not rebuild when loading (no
         `get_config`, an `__init__` without `**kwargs`).
         """
-        _refuse_h5(filepath)
-        _refuse_unloadable(self.network)
+        network_lib.refuse_h5(filepath)
+        network_lib.refuse_unloadable(self.network)
         return super().save(filepath, *args, **kwargs)
 
     def fit(self, *args, callbacks=None, **kwargs):
@@ -330,7 +309,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         callbacks = list(callbacks or [])
         for callback in callbacks:
             if isinstance(callback, keras.callbacks.ModelCheckpoint) and not callback.save_weights_only:
-                _refuse_h5(callback.filepath, "ModelCheckpoint(filepath=...)")
+                network_lib.refuse_h5(callback.filepath, "ModelCheckpoint(filepath=...)")
         with compat.restorable_fit(self):
             return super().fit(*args, callbacks=[scheduler_lib.EpochCounter()] + callbacks, **kwargs)
 
@@ -387,7 +366,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         penalty = l_value * anchor + coupling / l_value
         if self.penalty_update == "proximal":  # H's penalties at the step's start weights, for the logs
             penalty = ops.stop_gradient(penalty)
-        batch = twins_lib.batch_size(x)
+        batch = twin_step_lib.batch_size(x)
         for tracker, value in zip(self.twin_loss_trackers, twin_losses):
             tracker.update_state(ops.cast(value, "float32") * replicas, sample_weight=batch)
         self.anchor_tracker.update_state(l_value * anchor)
@@ -414,7 +393,8 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
             network=keras.saving.serialize_keras_object(self.network), split=self.split, anchor=self.anchor,
             num_groups=self.num_groups, homotopy_l=self._initial_l, norm=self.norm,
             penalty_update=self.penalty_update, twin_batch=self.twin_batch, seed=self.seed,
-            twinned=self.twin_state.twinned(), **twins_lib.training_setup(self.network),
+            twinned=self.twin_state.twinned(), copied_state=self.twin_state.copied_state(),
+            **network_lib.training_setup(self.network),
         )
         return config
 
@@ -422,6 +402,6 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)  # a callable split or anchor comes back as "custom", filled by the weights
         network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
-        twins_lib.restore_training_setup(network, **{key: config.pop(key) for key in (
+        network_lib.restore_training_setup(network, **{key: config.pop(key) for key in (
             "lora_layers", "frozen_layers", "frozen_weights") if key in config})
         return cls(network=network, **config)

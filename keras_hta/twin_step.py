@@ -10,9 +10,7 @@ import threading
 import keras
 from keras import ops
 from keras_hta import penalties as penalties_lib
-from keras_hta import splits as splits_lib
 from keras_hta import step as step_lib
-from keras_hta import twins as twins_lib
 
 # The twins' parts of a split batch, kept by the step for `compute_loss`; per
 # thread, as tf.distribute runs each replica's step in a thread of its own.
@@ -34,7 +32,7 @@ class TwinStep:
             yield data
             return
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        parts = twins_lib.split_batch((x, y, sample_weight), self.num_groups, "split")
+        parts = split_batch((x, y, sample_weight), self.num_groups, "split")
         if not hasattr(_SPLIT, "parts"):
             _SPLIT.parts = {}
         _SPLIT.parts[id(self)] = parts
@@ -71,13 +69,34 @@ class TwinStep:
         anchors = state.anchors(positions)
         updates = []
         with step_lib.no_grad():
-            for i, group in enumerate(state.groups(positions)):
+            for i in range(len(positions)):
                 variables = [ws[i] for ws in per_twin]
                 values = [ops.convert_to_tensor(v) for v in variables]
-                free = [e for (e,) in splits_lib.free_masks([group], self.num_groups, values[0].dtype)]
+                free = [ms[0] for ms in state.masks([positions[i]], values[0].dtype)]
                 anchor = None if anchors is None else ops.convert_to_tensor(anchors[i])
                 new = penalties_lib.proximal_update(values, free, gamma, self.homotopy_l, anchor)
                 if updated is not None:
                     new = [ops.where(updated, n, v) for n, v in zip(new, values)]
                 updates += zip(variables, new)
         step_lib.assign_all(updates)
+
+
+def batch_size(data):
+    """The number of examples in a batch: the first dimension of its first tensor."""
+    return keras.ops.shape(next(t for t in keras.tree.flatten(data) if t is not None))[0]
+
+
+def split_batch(data, m, how):
+    """What each of m twins trains on: `data` for every twin, or (`how="split"`) examples k, k + m, ...
+
+    A batch of fewer than m examples goes whole to every twin, so none is empty.
+    """
+    if how != "split":
+        return [data] * m
+    size = batch_size(data)
+    enough = size >= m
+    if isinstance(size, int):  # known when traced (JAX, PyTorch, static TF shapes)
+        take = lambda t, k: None if t is None else (t[k::m] if enough else t)  # noqa: E731
+    else:
+        take = lambda t, k: None if t is None else keras.ops.cond(enough, lambda: t[k::m], lambda: t)  # noqa: E731
+    return [keras.tree.map_structure(lambda t: take(t, k), data) for k in range(m)]

@@ -14,12 +14,15 @@ distribution gives it. Which variables a twin has its own copy of:
   trainable at a later `compile` gets its twins then, each equal to its value
   at that moment. A twinned weight frozen again keeps its twins' values,
   which then no longer train.
-- **State**: every variable that the network's layers create non-trainable —
-  BatchNormalization's moving statistics, the state of seed generators
-  (dropout, noise, random augmentation), counters — which a forward pass in
-  training may update. Twin k's seed states start as the layer's, with the
-  seed folded with k: each twin draws its own dropout masks, and they
-  reproduce from the layer's seed on every backend.
+- **State**: what a forward pass in training may update, that is the
+  variables the network's layers create non-trainable: the state of every
+  seed generator (dropout, noise, random augmentation), and for each layer
+  that trains (at construction or a later `compile`) its other such
+  variables — BatchNormalization's moving statistics, counters. A frozen
+  layer's statistics do not move (Keras runs a frozen BatchNormalization in
+  inference mode) and stay shared until the layer trains. Twin k's seed
+  states start as the layer's, with the seed folded with k: each twin draws
+  its own dropout masks, and they reproduce from the layer's seed.
 
 Everything else — frozen weights (created trainable, not trainable now: a
 frozen layer, LoRA's base kernels) and float8 scale variables that Keras
@@ -27,8 +30,6 @@ overwrites with their "gradient" — exists once, and every twin computes with
 it. `TwinState` owns all of this: the twins' variables and state, the anchor
 θ̃ and the group of every twinned weight, and which of them take part now.
 """
-
-import warnings
 
 import numpy as np
 
@@ -38,9 +39,10 @@ from keras_hta import anchors as anchors_lib
 from keras_hta import compat
 from keras_hta import splits as splits_lib
 from keras_hta import step as step_lib
+from keras_hta import twin_variables as variables_lib
+from keras_hta.twin_variables import twin_name
 
 TWIN_BATCHES = ("full", "split")
-_GOLDEN = 0x9E3779B9  # folds a twin's index into a seed state
 
 
 def check_options(num_groups, twin_batch):
@@ -51,83 +53,6 @@ def check_options(num_groups, twin_batch):
         raise ValueError(f"Argument `twin_batch` must be one of {TWIN_BATCHES}. Received: twin_batch={twin_batch!r}")
 
 
-def twin_name(k, num_groups):
-    """The name of twin k: `theta` (k = 0), `eta`, or `eta1`, `eta2`, ..."""
-    return "theta" if k == 0 else ("eta" if num_groups == 2 else f"eta{k}")
-
-
-def _like(reference, value, name, trainable, dtype=None):
-    """A variable made like `reference` (shape, aggregation, synchronization, layout) holding `value`.
-
-    The layout is the one the active `keras.distribution` gives `reference`,
-    so a `ModelParallel` `LayoutMap` key that matches a weight lays out every
-    copy of it the same way; without a distribution Keras places it as usual.
-    """
-    distribution = keras.distribution.distribution() if hasattr(keras, "distribution") else None
-    layout = None if distribution is None else distribution.get_variable_layout(reference)
-    return keras.Variable(
-        initializer=value, shape=tuple(reference.shape), dtype=dtype or reference.dtype, trainable=trainable,
-        autocast=False, aggregation=reference.aggregation, synchronization=reference.synchronization,
-        name=name, layout=layout,
-    )
-
-
-def _copy(variable):
-    """A new tensor with the variable's value (never the same buffer: JAX donates, torch shares storage)."""
-    return ops.copy(ops.convert_to_tensor(variable))
-
-
-def _fold_seed(value, k):
-    """A seed generator's state `[seed, counter]` with the seed folded with twin index k."""
-    state = np.array(value)
-    bits = state.astype(np.int64) & 0xFFFFFFFF
-    bits[0] = (bits[0] ^ ((_GOLDEN * k) & 0xFFFFFFFF)) & 0xFFFFFFFF
-    return bits.astype(np.uint32).view(np.int32).astype(state.dtype) if state.dtype.kind == "i" else bits.astype(
-        state.dtype)
-
-
-class TwinWeights(keras.layers.Layer):
-    """Twin k's variables: its twinned weights (trainable) and its copy of the network's state.
-
-    Keyed by the position of the network variable each one stands for in
-    `network.variables`; saved under those keys, so a twin added at a later
-    `compile` is saved and loaded with the others.
-    """
-
-    def __init__(self, k, name=None):
-        super().__init__(name=name)
-        self.k = k
-        self.slots = []  # tracked by Keras: the variables, in creation order
-        object.__setattr__(self, "by_position", {})
-        object.__setattr__(self, "legacy_loaded", False)
-        self.built = True
-
-    def build(self, input_shape=None):
-        # Defined so that Keras does not lock the layer's state at __init__:
-        # twins of weights unfrozen later are added at `compile`.
-        pass
-
-    def add(self, position, variable):
-        self.slots.append(variable)
-        self.by_position[position] = variable
-
-    def save_own_variables(self, store):
-        for position, variable in self.by_position.items():
-            store[str(position)] = variable
-
-    def load_own_variables(self, store):
-        if self.legacy_loaded and len(store) == 0:
-            return  # a file of keras-hta 0.2: filled from its twin models (`TwinState.load_legacy`)
-        want = {str(p) for p in self.by_position}
-        got = set(store.keys())
-        if got != want:
-            raise ValueError(
-                f"The saved twin '{self.name}' holds variables for {len(got)} network variables, this model "
-                f"{len(want)} (missing: {sorted(want - got)[:5]}, unexpected: {sorted(got - want)[:5]})."
-            )
-        for position, variable in self.by_position.items():
-            variable.assign(store[str(position)])
-
 
 class TwinState(keras.layers.Layer):
     """The twins' variables and state, anchors and groups of one network, and which twin computes now.
@@ -137,12 +62,16 @@ class TwinState(keras.layers.Layer):
             `HomotopyModel` owns it.
         num_groups: Integer >= 2, the number of twins.
         split, anchor, seed: As for `HomotopyModel`.
-        twinned: Optional list of positions in `network.variables` to twin at
-            construction, in order (what a saved model records); by default
-            the variables trainable now.
+        twinned: Optional list of positions in `network.variables` of the
+            weights to twin at construction, in order (what a saved model
+            records); by default the weights the network trains now.
+        copied_state: Optional list of positions of the state variables to
+            copy for each twin (what a saved model records); by default the
+            seed states and the state of the layers trainable now.
     """
 
-    def __init__(self, network, num_groups, split, anchor, seed=None, twinned=None, name="twin_state"):
+    def __init__(self, network, num_groups, split, anchor, seed=None, twinned=None, copied_state=None,
+                 name="twin_state"):
         super().__init__(name=name)
         object.__setattr__(self, "network", network)
         variables = network.variables
@@ -156,25 +85,28 @@ class TwinState(keras.layers.Layer):
         # Weights Keras could train (created trainable), in the network's order:
         # what the "layers" and "random" splits are computed over.
         object.__setattr__(self, "_candidates", [p for p, v in enumerate(variables) if id(v) in created_trainable])
-        object.__setattr__(self, "_state_positions", [
+        # State: what the layers create non-trainable. Seed states are copied for
+        # every twin; the rest (BatchNorm statistics, ...) for the layers that
+        # train (a frozen BatchNormalization never moves its statistics).
+        object.__setattr__(self, "_state_candidates", [
             p for p, v in enumerate(variables) if id(v) not in created_trainable and not v.trainable])
-        object.__setattr__(self, "_seed_positions", {p for p in self._state_positions if id(variables[p]) in seeds})
+        object.__setattr__(self, "_seed_positions", {p for p in self._state_candidates if id(variables[p]) in seeds})
+        owner = {}
+        for layer in compat.all_layers(network):  # parents first: the innermost layer owns a variable
+            for v in layer.weights:
+                owner[id(v)] = layer
+        object.__setattr__(self, "_owner", {p: owner.get(id(variables[p]), network) for p in self._state_candidates})
+        object.__setattr__(self, "_state_positions", [])  # state positions copied for every twin, in creation order
         object.__setattr__(self, "_layer_groups", None)  # "layers": position -> group, computed once
         object.__setattr__(self, "_order", [])  # twinned positions, in creation order
         object.__setattr__(self, "_anchors", {})  # position -> anchor variable (None: θ̃ = 0)
         object.__setattr__(self, "_groups", {})  # position -> group array, or int32 variable
         self.anchor_slots = []  # tracked: anchors and stored groups
-        self.twins = [TwinWeights(k, name=f"twin_{twin_name(k, num_groups)}") for k in range(1, num_groups)]
+        self.twins = [variables_lib.TwinWeights(k, name=f"twin_{twin_name(k, num_groups)}")
+                      for k in range(1, num_groups)]
         self.built = True
         object.__setattr__(self, "_creation_scope", step_lib.creation_scope())
-        with self._creation_scope():
-            for p in self._state_positions:
-                v = variables[p]
-                for twin in self.twins:
-                    value = v.numpy()
-                    if p in self._seed_positions:
-                        value = _fold_seed(value, twin.k)
-                    twin.add(p, _like(v, value, f"{_slot_name(v)}_{twin_name(twin.k, num_groups)}", False))
+        self._copy_state(self._state_to_copy() if copied_state is None else list(copied_state))
         trainable_ids = {id(v) for v in network.trainable_variables}
         if twinned is None:
             twinned = [p for p, v in enumerate(variables) if id(v) in trainable_ids and self._twinnable(v)]
@@ -184,6 +116,7 @@ class TwinState(keras.layers.Layer):
                 "HTA has nothing to split."
             )
         self._add(list(twinned), at_construction=True)
+        self._cache_masks()
         counts = self.group_sizes(self._order)
         if 0 in counts and self.split != "custom":  # "custom": the saved groups fill them
             raise ValueError(
@@ -193,6 +126,27 @@ class TwinState(keras.layers.Layer):
 
     def build(self, input_shape=None):
         pass  # see TwinWeights.build
+
+    def _state_to_copy(self):
+        """State positions with no copy yet that need one now: seed states, and the state of trainable layers."""
+        return [p for p in self._state_candidates if p not in self._state_positions
+                and (p in self._seed_positions or self._owner[p].trainable)]
+
+    def _copy_state(self, positions):
+        variables = self.network.variables
+        with self._creation_scope():
+            for p in positions:
+                v = variables[p]
+                for twin in self.twins:
+                    value = v.numpy()
+                    if p in self._seed_positions:
+                        value = variables_lib.fold_seed(value, twin.k)
+                    twin.add(p, variables_lib.like(v, value, f"{variables_lib.slot_name(v)}_{twin_name(twin.k, self.num_groups)}", False))
+                self._state_positions.append(p)
+
+    def copied_state(self):
+        """Positions (in `network.variables`) of the state each twin has its own copy of, in creation order."""
+        return list(self._state_positions)
 
     @property
     def split(self):
@@ -218,14 +172,14 @@ class TwinState(keras.layers.Layer):
         groups = self._groups_of(positions)
         with self._creation_scope():
             for p, v, anchor, group in zip(positions, values, anchors, groups):
-                name = _slot_name(v)
+                name = variables_lib.slot_name(v)
                 for twin in self.twins:
-                    twin.add(p, _like(v, _copy(v), f"{name}_{twin_name(twin.k, self.num_groups)}", True))
+                    twin.add(p, variables_lib.like(v, variables_lib.copy_of(v), f"{name}_{twin_name(twin.k, self.num_groups)}", True))
                 if anchor is not None:
-                    self._anchors[p] = _like(v, anchor, f"{name}_anchor", False)
+                    self._anchors[p] = variables_lib.like(v, anchor, f"{name}_anchor", False)
                     self.anchor_slots.append(self._anchors[p])
                 if self.split in ("random", "custom"):  # stored (and saved) full-size
-                    group = _like(v, group, f"{name}_groups", False, dtype="int32")
+                    group = variables_lib.like(v, group, f"{name}_groups", False, dtype="int32")
                     self.anchor_slots.append(group)
                 self._groups[p] = group
                 self._order.append(p)
@@ -272,6 +226,8 @@ class TwinState(keras.layers.Layer):
                     "and has no group. Wrap the network again with that `split`."
                 )
             self._add(new)
+        self._copy_state(self._state_to_copy())
+        self._cache_masks()
         for twin in self.twins:
             for p in self._order:
                 twin.by_position[p].trainable = id(variables[p]) in trainable
@@ -300,6 +256,38 @@ class TwinState(keras.layers.Layer):
     def groups(self, positions):
         """The group indices of each weight at `positions` (arrays or int32 variables)."""
         return [self._groups[p] for p in positions]
+
+    def masks(self, positions, dtype="float32", anchored=False):
+        """Per twin, a 0/1 mask per weight at `positions`: 1 where the twin is free (or, `anchored`, anchored).
+
+        Masks of groups derived from the network ("channels", "layers": small
+        arrays) are made at `compile` (outside any traced step, which then
+        reads them as constants); stored groups ("random", a callable) are
+        read each time, so that loaded groups take effect.
+        """
+        cache = self.__dict__.get("_mask_cache", {})
+        out = [[None] * len(positions) for _ in range(self.num_groups)]
+        for i, p in enumerate(positions):
+            masks = cache.get((p, keras.backend.standardize_dtype(dtype), anchored))
+            if masks is None:
+                masks = [m for (m,) in (splits_lib.anchor_masks if anchored else splits_lib.free_masks)(
+                    [self._groups[p]], self.num_groups, dtype)]
+            for k in range(self.num_groups):
+                out[k][i] = masks[k]
+        return out
+
+    def _cache_masks(self):
+        """The masks of every twinned weight whose groups are an array, made now, eagerly (see `masks`)."""
+        cache = {}
+        variables = self.network.variables
+        for p in self._order:
+            if isinstance(self._groups[p], np.ndarray):
+                dtype = keras.backend.standardize_dtype(variables[p].dtype)
+                for anchored in (False, True):
+                    cache[(p, dtype, anchored)] = [m for (m,) in (
+                        splits_lib.anchor_masks if anchored else splits_lib.free_masks)(
+                        [self._groups[p]], self.num_groups, dtype)]
+        object.__setattr__(self, "_mask_cache", cache)
 
     def group_sizes(self, positions):
         """Number of weight elements in each group, over the weights at `positions`."""
@@ -436,186 +424,3 @@ class TwinState(keras.layers.Layer):
                     twin.by_position[p].assign(variables[p])
             object.__setattr__(twin, "legacy_loaded", True)
         return root_values[m * n], root_values[m * n + 1]
-
-
-def _slot_name(variable):
-    return variable.path.replace("/", "_")
-
-
-class TwinView:
-    """Twin k of a `HomotopyModel`, read like a model: its weights, its outputs.
-
-    Not a copy of the network: `model.twin(k)` returns a view on the one
-    network and twin k's variables. `get_weights()` / `set_weights()` align
-    with `model.network.get_weights()`; calling it (or `predict`) runs the
-    network as twin k.
-    """
-
-    def __init__(self, state, k):
-        self._state, self.k = state, k
-
-    @property
-    def name(self):
-        return twin_name(self.k, self._state.num_groups)
-
-    @property
-    def weights(self):
-        """The variables twin k computes with, aligned with `network.weights`."""
-        return self._state.twin_variables(self.k)
-
-    @property
-    def trainable_weights(self):
-        """Twin k's variables for the weights the network trains now, aligned with `network.trainable_weights`."""
-        return self._state.twin_variables(self.k, self._state.network.trainable_weights)
-
-    def variable(self, network_variable):
-        """The variable twin k computes with in place of `network_variable` (e.g. a BatchNorm layer's `moving_mean`)."""
-        return self._state.twin_variables(self.k, [network_variable])[0]
-
-    def get_weights(self):
-        return [ops.convert_to_numpy(v) for v in self.weights]
-
-    def set_weights(self, weights):
-        variables = self.weights
-        if len(weights) != len(variables):
-            raise ValueError(f"Twin '{self.name}' has {len(variables)} weights. Received: {len(weights)} arrays")
-        own = {id(v) for v in self._state.network.weights} if self.k else set()
-        for variable, value in zip(variables, weights):
-            if id(variable) not in own:  # shared (frozen) weights are θ's: set them on the network
-                variable.assign(value)
-
-    def __call__(self, x, training=False):
-        return self._state.forward(self.k, x, training=training)[0]
-
-    def predict(self, x, batch_size=32, verbose=0):
-        """The twin's outputs in inference mode, batch by batch, as NumPy arrays."""
-        n = len(keras.tree.flatten(x)[0])
-        outputs = []
-        for start in range(0, n, batch_size):
-            part = keras.tree.map_structure(lambda t: t[start:start + batch_size], x)
-            outputs.append(keras.tree.map_structure(ops.convert_to_numpy, self(part, training=False)))
-        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
-
-
-def training_setup(network):
-    """What decides which of `network`'s weights train, beyond what its config restores, as flat lists.
-
-    `lora_layers`: `[layer index, rank, alpha]` for each layer with LoRA
-    enabled (keras-hub's `Backbone.enable_lora` is not in a backbone's
-    config); `frozen_layers`: indices of the layers whose `trainable` is off;
-    `frozen_weights`: positions in `network.variables` of weights created
-    trainable whose own flag is off (LoRA's base kernels). Layer indices
-    count every layer, sublayers included (`keras_hta.compat.all_layers`).
-    """
-    layers = compat.all_layers(network)
-    created = compat.created_trainable(network)
-    return {
-        "lora_layers": [[i, int(layer.lora_rank), float(getattr(layer, "lora_alpha", None) or layer.lora_rank)]
-                        for i, layer in enumerate(layers) if getattr(layer, "lora_enabled", False)],
-        "frozen_layers": [i for i, layer in enumerate(layers) if not layer.trainable],
-        "frozen_weights": [p for p, v in enumerate(network.variables) if id(v) in created and not v.trainable],
-    }
-
-
-def restore_training_setup(network, lora_layers=(), frozen_layers=(), frozen_weights=()):
-    """Puts back what `training_setup` recorded, on a network rebuilt from its config (before it is wrapped)."""
-    layers = compat.all_layers(network)
-    for i, rank, alpha in lora_layers:
-        if not getattr(layers[i], "lora_enabled", False):
-            layers[i].enable_lora(int(rank), lora_alpha=alpha)
-    if not frozen_layers and not frozen_weights:
-        return
-    frozen = set(frozen_layers)
-    for i, layer in enumerate(layers):  # parents before children: a child's own flag wins
-        layer.trainable = i not in frozen
-    variables = network.variables
-    for p in frozen_weights:
-        variables[p].trainable = False
-
-
-def check_network(network, inputs=None, outputs=None):
-    """The network to wrap: `network`, or `keras.Model(inputs, outputs)`.
-
-    Raises unless it is a built Keras model with floating-point trainable
-    weights whose layers Keras can run on other variables, or unless exactly
-    one of `network` and `inputs`/`outputs` is given.
-    """
-    if network is None:
-        if inputs is None or outputs is None:
-            raise ValueError(
-                f"Pass `inputs` and `outputs`, or a built `network`. Received: inputs={inputs!r}, outputs={outputs!r}"
-            )
-        network = keras.Model(inputs, outputs)
-    elif inputs is not None or outputs is not None:
-        raise ValueError("Pass either `inputs`/`outputs` or `network`, not both.")
-    if not isinstance(network, keras.Model):
-        raise TypeError(
-            f"Argument `model` must be a keras.Model. Received: model={network!r} of type {type(network).__name__}"
-        )
-    if not network.built:
-        raise ValueError(
-            f"Argument `model` must be built. Received: model '{network.name}' "
-            "with no weights yet: call it on data or give it an Input first."
-        )
-    if not network.trainable_variables:
-        raise ValueError(
-            f"Argument `model` must have trainable weights. Received: model "
-            f"'{network.name}' with none: HTA has nothing to split."
-        )
-    for v in network.trainable_variables:
-        if not np.issubdtype(np.dtype(v.dtype), np.floating):
-            raise TypeError(f"Every trainable weight must be floating point. Received: '{v.path}' of dtype {v.dtype}")
-    for layer in compat.all_layers(network):
-        if type(layer).__name__ == "TorchModuleWrapper":
-            raise ValueError(
-                f"HomotopyModel cannot train the layer '{layer.name}' (TorchModuleWrapper): it calls its torch "
-                "module with the module's own parameters, so its twins could not compute with their weights. "
-                "Rewrite it as a Keras layer."
-            )
-    return network
-
-
-def warn_what_hta_does_not_run(network):
-    """Warns of the parts of `network` that HTA does not run: its own `train_step`, `compute_loss`, `preprocessor`.
-
-    keras-hub's tasks carry a `preprocessor`, which their own `fit` applies.
-    """
-    own = [name for name in ("train_step", "compute_loss")
-           if getattr(type(network), name, None) is not getattr(keras.Model, name)]
-    if own:
-        warnings.warn(
-            f"HomotopyModel: the network '{network.name}' defines its own {' and '.join(own)}, which HTA does not "
-            "call: each twin's f is the loss passed to compile() plus its own losses (regularizers, add_loss), "
-            "and HomotopyModel's step trains the twins. Compile HomotopyModel with that loss, or move a loss "
-            "computed in train_step into the network's call() with self.add_loss().",
-            UserWarning, stacklevel=4,
-        )
-    preprocessor = getattr(network, "preprocessor", None)
-    if isinstance(preprocessor, keras.layers.Layer):
-        warnings.warn(
-            f"HomotopyModel: the network '{network.name}' has a preprocessor ({type(preprocessor).__name__}), "
-            "which HomotopyModel's fit, evaluate and predict do not run: give them preprocessed inputs, e.g. "
-            "`x, y, sample_weight = network.preprocessor(texts)` or `dataset.map(network.preprocessor)`.",
-            UserWarning, stacklevel=4,
-        )
-
-
-def batch_size(data):
-    """The number of examples in a batch: the first dimension of its first tensor."""
-    return keras.ops.shape(next(t for t in keras.tree.flatten(data) if t is not None))[0]
-
-
-def split_batch(data, m, how):
-    """What each of m twins trains on: `data` for every twin, or (`how="split"`) examples k, k + m, ...
-
-    A batch of fewer than m examples goes whole to every twin, so none is empty.
-    """
-    if how != "split":
-        return [data] * m
-    size = batch_size(data)
-    enough = size >= m
-    if isinstance(size, int):  # known when traced (JAX, PyTorch, static TF shapes)
-        take = lambda t, k: None if t is None else (t[k::m] if enough else t)  # noqa: E731
-    else:
-        take = lambda t, k: None if t is None else keras.ops.cond(enough, lambda: t[k::m], lambda: t)  # noqa: E731
-    return [keras.tree.map_structure(lambda t: take(t, k), data) for k in range(m)]

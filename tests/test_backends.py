@@ -13,7 +13,7 @@ import pytest
 
 import keras
 import keras_hta as hta
-from conftest import BACKEND, dense_network, regression_data, twin_views
+from conftest import BACKEND, dense_network, regression_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER_BACKENDS = [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)]

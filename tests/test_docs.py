@@ -79,11 +79,21 @@ def test_readme_ecosystem_snippets_run(tmp_path):
     assert (tmp_path / "multi_worker" / "results.json").exists()
 
 
-def test_readme_fine_tuning_and_subclassed_snippets_run(tmp_path):
+def test_readme_fine_tuning_subclassed_and_lora_snippets_run(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Fine-tuning and subclassed models", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## Fine-tuning, subclassed models and LoRA", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
-    out = _run(code, tmp_path)
-    sizes = [int(v) for v in re.findall(r"\d+", out.splitlines()[-1])]
-    assert len(sizes) == 2 and min(sizes) > 0.4 * sum(sizes)  # channels: each layer cut in half
-    assert (tmp_path / "small.keras").exists()
+    check = (  # the LoRA model's twins load back as they were; its frozen kernel has none
+        "\nrestored = keras.models.load_model('lora.keras')\n"
+        "flat_x = x.reshape(64, -1)\n"
+        "print(max(float(np.abs(restored.twin(k).predict(flat_x) - model.twin(k).predict(flat_x)).max()) for k in (0, 1)))\n"
+        "print(dense.weights[0] is model.twin(1).variable(dense.weights[0]))\n")
+    out = _run(code + check, tmp_path).splitlines()
+    # Channels split of what the LoRA model trains: A (3072, 4), B (4, 64), the bias (64,), the head (64, 10)
+    # and its bias (10,), each weight's last axis cut in two halves.
+    half = 3072 * 2 + 4 * 32 + 32 + 64 * 5 + 5
+    assert [int(v) for v in re.findall(r"\d+", out[-3])] == [half, half]
+    assert float(out[-2]) < 1e-6 and out[-1] == "True"
+    fine_tuned = [int(v) for v in re.findall(r"\d+", out[-4])]
+    assert len(fine_tuned) == 2 and min(fine_tuned) > 0.4 * sum(fine_tuned)  # channels: each layer cut in half
+    assert (tmp_path / "small.weights.h5").exists()

@@ -179,12 +179,15 @@ def test_two_phase_fine_tuning_recipe():
             np.testing.assert_array_equal(_np(model.twin(k).variable(v)), want)
     head = [model.twin(k).get_weights()[-2] for k in range(2)]
     assert np.abs(head[0] - head[1]).max() > 0  # the head trains, twin by twin
+    statistics = backbone.layers[2].moving_mean
+    assert model.twin(1).variable(statistics) is statistics  # a frozen layer's state: shared
 
     backbone.trainable = True  # phase 2: unfreeze, recompile, train everything
     unfrozen = [_np(v) for v in backbone.trainable_variables]
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss)
     assert len(model.trainable_variables) == 2 * 6  # conv 2, BN gamma/beta 2, head 2: per twin
     assert len(model.anchors) == 6
+    assert model.twin(1).variable(statistics) is not statistics  # its state is each twin's now
     for a, want in zip(model.anchors, unfrozen):  # joined with its value at this compile ("init")
         np.testing.assert_array_equal(_np(a), want)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
