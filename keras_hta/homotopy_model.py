@@ -362,10 +362,13 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         twin_losses = [f_theta] + [self._f(k, *parts[k]) for k in range(1, self.num_groups)]
         f_total = penalties_lib.add_n(twin_losses)
         l_value = ops.cast(self.homotopy_l, "float32")
-        anchor, coupling = self.penalties()
-        penalty = l_value * anchor + coupling / l_value
-        if self.penalty_update == "proximal":  # H's penalties at the step's start weights, for the logs
-            penalty = ops.stop_gradient(penalty)
+        if self.penalty_update == "proximal":  # H's penalties at the step's start weights, for the logs only
+            with step_lib.no_grad():
+                anchor, coupling = self.penalties()
+            penalty = ops.stop_gradient(l_value * anchor + coupling / l_value)
+        else:
+            anchor, coupling = self.penalties()
+            penalty = l_value * anchor + coupling / l_value
         batch = twin_step_lib.batch_size(x)
         for tracker, value in zip(self.twin_loss_trackers, twin_losses):
             tracker.update_state(ops.cast(value, "float32") * replicas, sample_weight=batch)

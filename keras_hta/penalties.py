@@ -56,8 +56,19 @@ def _safe_sqrt(x):
     return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0.0)
 
 
+def _as(x, dtype):
+    """`x` in `dtype`, cast only where it is not (each cast is an operation of its own on an eager backend)."""
+    return x if keras.backend.standardize_dtype(x.dtype) == dtype else ops.cast(x, dtype)
+
+
+def _total(scalars):
+    """The sum of a list of scalars in two operations, whatever its length."""
+    return scalars[0] if len(scalars) == 1 else ops.sum(ops.stack(scalars))
+
+
 def _sum_sq(tensors):
-    return add_n([ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors])
+    """Σ‖t‖² over the tensors, each accumulated in float32."""
+    return _total([ops.sum(ops.square(_as(t, "float32"))) for t in tensors])
 
 
 def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
@@ -83,21 +94,20 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
     def displaced(w, a):
         return w if a is None else w - a
 
-    anchor = add_n(
-        [
-            finish(_sum_sq([ops.cast(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
-            for ws, ms in zip(twin_variables, masks)
-        ]
-    )
+    twin_variables = [[ops.convert_to_tensor(w) for w in ws] for ws in twin_variables]
+    anchor = _total([
+        finish(_sum_sq([_as(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
+        for ws, ms in zip(twin_variables, masks)
+    ])
     pairs = []
     for j in range(len(twin_variables)):
         for k in range(j + 1, len(twin_variables)):
             diffs = [u - v for u, v in zip(twin_variables[j], twin_variables[k])]
             pairs.append(finish(_sum_sq(diffs)))
-    return anchor, add_n(pairs)
+    return anchor, _total(pairs)
 
 
-def proximal_update(values, free, gamma, homotopy_l, anchor=None):
+def proximal_update(values, free, gamma, homotopy_l, anchor=None, coefficients=None):
     """The exact minimiser of the penalties' proximal problem, elementwise.
 
     For twin values `w′_k` (after the optimizer's step on Σ f) returns the
@@ -131,14 +141,52 @@ def proximal_update(values, free, gamma, homotopy_l, anchor=None):
             learning rate at this iteration).
         homotopy_l: Scalar tensor or float, L > 0.
         anchor: Tensor of the values' shape, or `None` for θ̃ = 0.
+        coefficients: Optional `proximal_coefficients(gamma, homotopy_l, m,
+            dtype)` of this step, computed once for all weights.
 
     Returns:
         The list of m updated tensors, in the values' dtype.
     """
     m = len(values)
     stored = keras.backend.standardize_dtype(values[0].dtype)
-    dtype = "float32" if stored in _HALF else stored
-    values = [ops.cast(v, dtype) for v in values]
+    if coefficients is None:
+        coefficients = proximal_coefficients(gamma, homotopy_l, m, compute_dtype(stored))
+    dtype = coefficients["dtype"]
+    d, inv_anchored, gap, scale = (coefficients[k] for k in ("d", "inv_anchored", "gap", "scale"))
+    values = [_as(v, dtype) for v in values]
+    free = [_as(e, dtype) for e in free]
+    free_value = add_n([e * w for e, w in zip(free, values)])
+    weighted = add_n(values) * inv_anchored + free_value * gap
+    if anchor is not None:
+        anchor = _as(anchor, dtype)
+        weighted = weighted + coefficients["anchor_weight"] * anchor
+    u = scale * weighted
+    result = []
+    for e, w in zip(free, values):
+        inv = inv_anchored + e * gap
+        r = w + u if anchor is None else w + u + (1.0 - e) * d * anchor
+        result.append(_as(r * inv, stored))
+    return result
+
+
+def compute_dtype(dtype):
+    """The dtype the proximal step computes in for weights stored in `dtype`: float32 for half precision."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float32" if dtype in _HALF else dtype
+
+
+def proximal_coefficients(gamma, homotopy_l, num_groups, dtype="float32"):
+    """The scalars of `proximal_update`'s closed form for one step (the same for every weight of that dtype).
+
+    Computed once per step and passed to `proximal_update` for each weight, so
+    that an eager backend does not repeat a dozen scalar operations per weight.
+
+    Returns:
+        A dict of scalar tensors `d`, `inv_anchored` (1/D_a), `gap`
+        (1/D_f − 1/D_a), `scale` (c / (1 − c·Σ_k 1/D_k)), `anchor_weight`
+        (d·(m − 1)/D_a), and the compute `dtype`.
+    """
+    m = int(num_groups)
     gamma = ops.cast(gamma, dtype)
     L = ops.cast(homotopy_l, dtype)
     c, d = 2.0 * gamma / L, 2.0 * gamma * L
@@ -147,19 +195,8 @@ def proximal_update(values, free, gamma, homotopy_l, anchor=None):
     inv_free, inv_anchored = 1.0 / d_free, 1.0 / d_anchored
     gap = d * inv_free * inv_anchored    # 1/D_f − 1/D_a, without the subtraction
     scale = c * d_anchored / (1.0 + d * (1.0 + c * (m - 1)) * inv_free)  # c / (1 − c·Σ_k 1/D_k)
-    free = [ops.cast(e, dtype) for e in free]
-    free_value = add_n([e * w for e, w in zip(free, values)])
-    weighted = add_n(values) * inv_anchored + free_value * gap
-    if anchor is not None:
-        anchor = ops.cast(anchor, dtype)
-        weighted = weighted + (d * (m - 1) * inv_anchored) * anchor
-    u = scale * weighted
-    result = []
-    for e, w in zip(free, values):
-        inv = inv_anchored + e * gap
-        r = w + u if anchor is None else w + u + (1.0 - e) * d * anchor
-        result.append(ops.cast(r * inv, stored))
-    return result
+    return {"d": d, "inv_anchored": inv_anchored, "gap": gap, "scale": scale,
+            "anchor_weight": d * (m - 1) * inv_anchored, "dtype": dtype}
 
 
 def penalty_curvature(homotopy_l, num_groups=2):

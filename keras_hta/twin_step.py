@@ -67,14 +67,18 @@ class TwinStep:
         positions = state.active()
         per_twin = state.values(positions)
         anchors = state.anchors(positions)
-        updates = []
+        updates, coefficients = [], {}
         with step_lib.no_grad():
             for i in range(len(positions)):
                 variables = [ws[i] for ws in per_twin]
                 values = [ops.convert_to_tensor(v) for v in variables]
-                free = [ms[0] for ms in state.masks([positions[i]], values[0].dtype)]
+                dtype = penalties_lib.compute_dtype(values[0].dtype)
+                if dtype not in coefficients:  # once per step and dtype, not per weight
+                    coefficients[dtype] = penalties_lib.proximal_coefficients(
+                        gamma, self.homotopy_l, self.num_groups, dtype)
+                free = [ms[0] for ms in state.masks([positions[i]], dtype)]
                 anchor = None if anchors is None else ops.convert_to_tensor(anchors[i])
-                new = penalties_lib.proximal_update(values, free, gamma, self.homotopy_l, anchor)
+                new = penalties_lib.proximal_update(values, free, gamma, self.homotopy_l, anchor, coefficients[dtype])
                 if updated is not None:
                     new = [ops.where(updated, n, v) for n, v in zip(new, values)]
                 updates += zip(variables, new)
