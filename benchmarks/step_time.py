@@ -215,11 +215,11 @@ def main():
     return write_report(rows, args.out)
 
 
-def write_report(rows, out):
-    """step_time.json, .md (backends side by side, the fastest per model named) and .png."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "step_time.json"), "w") as f:
-        json.dump({"command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]), "rows": rows}, f, indent=1)
+def render(rows):
+    """The Markdown table of step_time.json's rows (backends side by side, the fastest per model named).
+
+    What benchmarks/RESULTS.md §4 shows; a test re-renders it from the committed JSON.
+    """
     lines = ["| model | backend | device | plain s/step | HTA s/step | HTA split s/step | HTA / plain | HTA / (2 x plain) | "
              "split / plain | 2 x plain(half batch) / plain | proximal / gradient HTA | state MiB plain / HTA | "
              "state HTA / plain | peak RSS MiB plain / HTA / split |",
@@ -240,7 +240,26 @@ def write_report(rows, out):
             lines.append(f"Fastest HTA step for {name}: {best['backend']} ({best['hta_s']:.4f} s; "
                          + ", ".join(f"{r['backend']} {r['hta_s'] / best['hta_s']:.2f}x" for r in mine if r is not best)
                          + ")")
-    table = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows, out):
+    """step_time.json (with the versions and threads that produced it), step_time.md and step_time.png."""
+    import importlib.metadata as md
+    import platform
+
+    os.makedirs(out, exist_ok=True)
+    versions = {}
+    for name in ("keras", "tensorflow-cpu", "jax", "torch", "numpy"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    with open(os.path.join(out, "step_time.json"), "w") as f:
+        json.dump({"command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]), "versions": versions,
+                   "python": platform.python_version(), "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
+    backends = sorted({r.get("backend", "tensorflow") for r in rows})
+    table = render(rows)
     device = rows[0]["device"] if rows else "?"
     with open(os.path.join(out, "step_time.md"), "w") as f:
         f.write(table)

@@ -264,7 +264,7 @@ def write(result, out):
         json.dump(saved, f, indent=1)
     os.replace(tmp, path)
     with open(os.path.join(out, "twin_cost.md"), "w") as f:
-        f.write(render(saved))
+        f.write(render(saved) + ("\n" + render_memory_summary(saved) if saved.get("memory") else ""))
     print(render(saved))
 
 
@@ -285,25 +285,56 @@ def render(saved):
         lines.append("")
     steps = saved.get("steps")
     if steps:
-        lines += [f"Step time, median over {max(r['round'] for r in steps['steps']) + 1} alternating rounds "
-                  f"({steps['cpus']} CPUs); `{steps['command']}`", "",
-                  "| model | backend | plain s | HTA s | HTA / (2 x plain) | split / plain | HTA s at "
-                  f"{steps['against'] or '-'} | HTA this / then | split this / then |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        rounds = max(r["round"] for r in steps["steps"]) + 1
+        lines += [f"Step time (s), medians over {rounds} rounds of alternating processes, this tree and "
+                  f"{steps['against'] or '-'} ({steps['cpus']} CPUs); `{steps['command']}`. The this / then ratios "
+                  "are the median of each round's ratio (the two processes of a round ran one after the other), "
+                  "with the rounds' range.", "",
+                  "| model | backend | plain | HTA | split | HTA / (2 x plain) | split / plain | HTA this / then | "
+                  "split this / then |", "|---|---|---|---|---|---|---|---|---|"]
         keys = sorted({(r["case"], r["backend"]) for r in steps["steps"]}, key=lambda k: (k[0], k[1]))
         for case, backend in keys:
-            def med(variant, code):
+            def med(variant, code, round_=None):
                 values = [r["median_s"] for r in steps["steps"] if r["case"] == case and r["backend"] == backend
-                          and r["variant"] == variant and r["code"] == code]
+                          and r["variant"] == variant and r["code"] == code and round_ in (None, r["round"])]
                 return _median(values) if values else None
 
+            def per_round(variant):
+                ratios = [med(variant, "this", i) / med(variant, "against", i) for i in range(rounds)
+                          if med(variant, "against", i)]
+                if not ratios:
+                    return "-"
+                return f"{_median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
             plain, hta, split = med("plain", "this"), med("hta", "this"), med("hta_split", "this")
-            old_hta, old_split = med("hta", "against"), med("hta_split", "against")
-            lines.append(
-                f"| {case} | {backend} | {plain:.4f} | {hta:.4f} | {hta / (2 * plain):.2f} | {split / plain:.2f} | "
-                + (f"{old_hta:.4f} | {hta / old_hta:.2f} | {split / old_split:.2f} |" if old_hta else "- | - | - |"))
+            lines.append(f"| {case} | {backend} | {plain:.4f} | {hta:.4f} | {split:.4f} | {hta / (2 * plain):.2f} | "
+                         f"{split / plain:.2f} | {per_round('hta')} | {per_round('hta_split')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+CASE_NAMES = {"vgg11/8": "VGG11-BN/8, every weight trained", "frozen-trunk": "MobileNetV2 trunk frozen, new head",
+              "lora": "Keras' LoRA (`Dense.enable_lora(2)`) on a 3 x 512 MLP"}
+
+
+def render_memory_summary(saved):
+    """README's table: per case, HTA / plain with zero and "init" anchors, on every backend, and at the commit against."""
+    memory = saved["memory"]
+
+    def ratios(case, anchor, code):
+        found = [f"{r['ratio']:.3f}" for backend in ("tensorflow", "jax", "torch") for r in memory["memory"]
+                 if r["case"] == case and r["anchor"] == anchor and r["code"] == code and r["backend"] == backend]
+        return found[0] if len(set(found)) == 1 else " / ".join(found)
+
+    lines = [f"| network | plain MiB | HTA / plain, zero anchors | HTA / plain, \"init\" anchors | "
+             f"before ({memory['against']}): zero; \"init\" (TensorFlow / JAX / PyTorch where they differ) |",
+             "|---|---|---|---|---|"]
+    for case in CASES:
+        plain = [r["plain_mib"] for r in memory["memory"] if r["case"] == case and r["code"] == "this"][0]
+        lines.append(f"| {CASE_NAMES[case]} | {plain:.2f} | {ratios(case, 'zeros', 'this')} | "
+                     f"{ratios(case, 'init', 'this')} | {ratios(case, 'zeros', 'against')}; "
+                     f"{ratios(case, 'init', 'against')} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

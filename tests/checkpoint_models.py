@@ -61,6 +61,20 @@ def _sequential():
     ], name="mlp")
 
 
+def _lora_block():
+    """Keras' LoRA on a hidden layer, BatchNorm after it, a frozen layer, a head: each kind of variable a twin
+    has or shares (written by keras-hta 0.3, the one-network layout)."""
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, name="hidden")
+    h = keras.layers.BatchNormalization(name="bn")(hidden(inputs))
+    frozen = keras.layers.Dense(5, activation="tanh", name="frozen")
+    outputs = keras.layers.Dense(3, name="head")(frozen(h))
+    network = keras.Model(inputs, outputs, name="lora_net")
+    hidden.enable_lora(2)
+    frozen.trainable = False
+    return network
+
+
 def _residual():
     net = Residual(name="residual")
     net(np.zeros((1, 4), "float32"))
@@ -78,6 +92,9 @@ CHECKPOINTS = {
     "subclassed_random_split_batch": (
         _residual, dict(split="random", seed=3, anchor="init", twin_batch="split"),
         lambda: keras.optimizers.SGD(0.05)),
+    "lora_bn_frozen_random_3twins": (
+        _lora_block, dict(split="random", seed=5, num_groups=3, anchor="init"),
+        lambda: keras.optimizers.Adam(0.02)),
 }
 
 

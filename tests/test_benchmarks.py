@@ -131,3 +131,42 @@ def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
     # the decay itself, 1 - ratio, is 0.0217.
     assert ratio == pytest.approx(exact, rel=1e-5)
     assert (1 - ratio) == pytest.approx(1 - shrink, rel=2e-3)
+
+
+def _benchmark_module(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_the_cost_tables_of_readme_and_results_render_from_their_json():
+    """README's memory table and RESULTS §4's tables are what the scripts render from the committed JSON."""
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    twin_cost = _benchmark_module("twin_cost")
+    saved = json.loads((ROOT / "benchmarks" / "results" / "twin_cost.json").read_text())
+    assert twin_cost.render_memory_summary(saved) in readme
+    for table in twin_cost.render(saved).strip().split("\n\n"):
+        assert table.strip() in results
+    step_time = _benchmark_module("step_time")
+    rows = json.loads((ROOT / "benchmarks" / "results" / "step_time.json").read_text())["rows"]
+    assert step_time.render(rows).strip() in results
+
+
+def test_twin_cost_measures_every_case_and_renders_what_it_measured(tmp_path):
+    """The memory cases on this backend, counted; the renderer's ratios are those counts."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "twin_cost.py"), "--memory", "--backends",
+                          "tensorflow", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = json.loads((tmp_path / "twin_cost.json").read_text())
+    rows = saved["memory"]["memory"]
+    assert {(r["case"], r["anchor"]) for r in rows} == {(c, a) for c in ("vgg11/8", "frozen-trunk", "lora")
+                                                        for a in ("zeros", "init")}
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["hta_mib"] / r["plain_mib"])
+    vgg = {r["anchor"]: r["ratio"] for r in rows if r["case"] == "vgg11/8"}
+    assert vgg["zeros"] == pytest.approx(2.0, abs=1e-5)  # everything trains: twice plain, up to L and the epoch
+    assert saved["memory"]["versions"]["keras"] and saved["memory"]["cpus"] >= 1
