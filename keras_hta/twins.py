@@ -347,9 +347,9 @@ class TwinState(keras.layers.Layer):
     # -- saving -------------------------------------------------------------
 
     def _lora_positions(self):
-        """Per LoRA layer whose update Keras merges when saving: its base kernel and the positions of θ's LoRA weights."""
+        """Per LoRA layer whose update Keras merges when saving: the positions of its base kernel and θ's LoRA weights."""
         position = {id(v): p for p, v in enumerate(self.network.variables)}
-        return [(layer, base, [position[id(v)] for v in lora]) for layer, base, lora in compat.merged_lora(self.network)]
+        return [(position[id(base)], [position[id(v)] for v in lora]) for _, base, lora in compat.merged_lora(self.network)]
 
     def save_own_variables(self, store):
         for p in self._order:
@@ -358,7 +358,10 @@ class TwinState(keras.layers.Layer):
             if self.split in ("random", "custom"):
                 store[f"groups_{p}"] = self._groups[p]
         variables = self.network.variables
-        for _, _, positions in self._lora_positions():  # θ's LoRA weights, which Keras merges into the kernel it saves
+        # Keras saves a LoRA layer's kernel with θ's update merged in; the base kernel and θ's LoRA weights as they
+        # are make the loaded model the saved one to the bit (base + update - update rounds).
+        for base, positions in self._lora_positions():
+            store[f"lora_base_{base}"] = variables[base]
             for p in positions:
                 store[f"lora_{p}"] = variables[p]
 
@@ -367,7 +370,8 @@ class TwinState(keras.layers.Layer):
         if self.twins[0].legacy_loaded and len(store) == 0:
             return  # a file of keras-hta 0.2: see load_legacy
         lora = self._lora_positions()
-        want = {f"anchor_{p}" for p in self._anchors} | {f"lora_{p}" for _, _, ps in lora for p in ps}
+        want = {f"anchor_{p}" for p in self._anchors} | {f"lora_{p}" for _, ps in lora for p in ps}
+        want |= {f"lora_base_{base}" for base, _ in lora}
         if self.split in ("random", "custom"):
             want |= {f"groups_{p}" for p in self._order}
         got = set(store.keys())
@@ -379,11 +383,10 @@ class TwinState(keras.layers.Layer):
             if self.split in ("random", "custom"):
                 self._groups[p].assign(store[f"groups_{p}"])
         variables = self.network.variables
-        for layer, base, positions in lora:  # the loaded kernel is base + θ's update: take the update back out
+        for base, positions in lora:  # Keras loaded base + θ's update into the kernel: both as they were saved
+            variables[base].assign(store[f"lora_base_{base}"])
             for p in positions:
                 variables[p].assign(store[f"lora_{p}"])
-            update = ops.subtract(layer.kernel, base)
-            base.assign(ops.subtract(base, update))
 
     def load_legacy(self, root_values, store):
         """Fills twins, anchors and groups from a `.keras` file of keras-hta 0.2, whose twins were models.
