@@ -65,7 +65,7 @@ def _lora_block():
     """Keras' LoRA on a hidden layer, BatchNorm after it, a frozen layer, a head: each kind of variable a twin
     has or shares (written by keras-hta 0.3, the one-network layout)."""
     inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(6, name="hidden")
+    hidden = keras.layers.Dense(6, use_bias=False, name="hidden")  # a bias before BatchNorm gets only rounding
     h = keras.layers.BatchNormalization(name="bn")(hidden(inputs))
     frozen = keras.layers.Dense(5, activation="tanh", name="frozen")
     outputs = keras.layers.Dense(3, name="head")(frozen(h))
