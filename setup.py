@@ -20,8 +20,9 @@ setup(
     # The library needs Keras 3, NumPy and one Keras backend, chosen through an
     # extra and KERAS_BACKEND: "keras-hta[tensorflow]" (or "[cpu]", the smaller
     # tensorflow-cpu wheel), "keras-hta[jax]" or "keras-hta[torch]".
+    # Keras: the lowest version CI installs and tests (3.15.1); older ones are not tested.
     install_requires=[
-        "keras>=3.10",
+        "keras>=3.15",
         "numpy>=1.26",
     ],
     entry_points={"console_scripts": ["keras-hta = keras_hta.experiments.cli:main"]},
@@ -29,6 +30,8 @@ setup(
         "tensorflow": ["tensorflow>=2.16"],
         "cpu": ["tensorflow-cpu>=2.16"],
         "jax": ["jax>=0.4.30"],
+        # On a machine without a GPU, install PyTorch's CPU build first (an extra cannot choose
+        # an index): pip install torch --index-url https://download.pytorch.org/whl/cpu
         "torch": ["torch>=2.1"],
         "tuner": ["keras-tuner>=1.4"],  # keras_hta.tuning.HomotopyHyperModel
         # The paper's harness (keras_hta.experiments, the keras-hta command).
