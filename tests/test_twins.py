@@ -349,3 +349,47 @@ def test_keras_lora_trains_only_lora_weights_and_the_head_in_every_twin(layer, t
         for v, w in zip(restored.network.trainable_variables, network.trainable_variables):
             np.testing.assert_array_equal(_np(restored.twin(k).variable(v)), _np(model.twin(k).variable(w)))
     assert [v.path for v in restored.network.trainable_variables] == trained
+
+
+def test_float8_scales_stay_thetas_and_every_twin_computes_with_them():
+    """`quantize("float8")`: the scales Keras overwrites with their gradient exist once (θ's step sets them)."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, activation="relu", name="d1")(inputs)
+    network = keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras: "InputLayer does not have a `quantize` method"
+        network.quantize("float8")
+    scales = [v for v in network.variables if getattr(v, "overwrite_with_gradient", False)]
+    assert scales
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.5)
+    twinned = [network.variables[p] for p in model.twin_state.twinned()]
+    shared = {id(v) for v in scales}
+    assert [v.path for v in twinned] == [v.path for v in network.trainable_variables if id(v) not in shared]
+    assert all(model.twin(1).variable(v) is v for v in scales)
+    x, y = regression_data(n=16, n_in=8, n_out=4)
+    before = [_np(v) for v in scales]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert any(not np.array_equal(_np(v), b) for v, b in zip(scales, before))  # θ's amax history moved
+    for k in range(2):  # each twin is the network carrying its weights, with θ's scales
+        got = _np(model.twin(k)(x, training=False))
+        np.testing.assert_array_equal(got, _carrying(model, k, lambda: _np(network(x, training=False))))
+
+
+def test_masking_holds_in_every_twin():
+    """An Embedding with `mask_zero` under a pooling that honours the mask: padding changes no twin's output."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(20, 6, mask_zero=True)(inputs)
+    network = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h)))
+    model = hta.HomotopyModel.from_model(network, homotopy_l=0.5)
+    model.twin(1).set_weights([w * 1.5 for w in model.twin(1).get_weights()])
+    tokens = np.array([[3, 7, 5, 0, 0, 0], [9, 2, 0, 0, 0, 0]], "int32")
+    outputs = []
+    for k in range(2):
+        padded = _np(model.twin(k)(tokens, training=True))
+        np.testing.assert_allclose(padded[0], _np(model.twin(k)(tokens[:1, :3]))[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(padded[1], _np(model.twin(k)(tokens[1:, :2]))[0], rtol=1e-6, atol=1e-7)
+        outputs.append(padded)
+    assert np.abs(outputs[1] - outputs[0]).max() > 1e-3  # twin 1 computes with its own weights
