@@ -188,6 +188,9 @@ def test_unreadable_results_file_is_named(tmp_path, capsys):
     (["--norm", "l2"], "--penalty-update gradient"),
     (["--momentum", "1"], "--momentum"),
     (["--width", "-1"], "--width"),
+    (["--lr", "inf"], "--lr inf"),  # trained to NaN before, exit 0
+    (["--weight-decay", "nan"], "--weight-decay nan"),
+    (["--val-size", "inf"], "--val-size inf"),  # an OverflowError traceback before
 ])
 def test_every_flag_is_checked_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, flags, message):
     from keras_hta.experiments import compare

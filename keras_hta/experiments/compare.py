@@ -14,6 +14,7 @@ and Table 3 formats) and `val_error.png` (Figure 2).
 import argparse
 import contextlib
 import json
+import math
 import os
 import time
 
@@ -143,9 +144,9 @@ def l_schedule(config, names=("--L-start", "--L-stop", "--L-step", "--epochs-per
 def _positive(config, names, strict=True):
     for name in names:
         value = config.get(name)
-        if value is not None and not (value > 0 if strict else value >= 0):  # NaN fails too
-            raise ValueError(f"Argument `--{name.replace('_', '-')}` must be {'>' if strict else '>='} 0. "
-                             f"Received: --{name.replace('_', '-')} {value}")
+        if value is not None and not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
+            raise ValueError(f"Argument `--{name.replace('_', '-')}` must be a finite number "
+                             f"{'>' if strict else '>='} 0. Received: --{name.replace('_', '-')} {value}")
 
 
 def data_model_config(args, keys, arms=("sgd",)):
