@@ -3,6 +3,7 @@
 import copy
 
 import keras
+import numpy as np
 
 from keras_hta import schedules as schedules_lib
 
@@ -23,7 +24,10 @@ class HomotopyScheduler(keras.callbacks.Callback):
     L is written to the model's variable `model.homotopy_l` (nothing is
     retraced). The model logs it as the metric `homotopy_l` (its mean over
     the epoch's steps: the epoch's value for `update="epoch"`), so it lands
-    in `History` and TensorBoard whatever the order of the callbacks.
+    in `History` and TensorBoard whatever the order of the callbacks. With
+    `update="epoch"` the epoch's log holds the schedule's value as the
+    schedule gave it (`0.08`, not its float32 `0.07999999821186066`), where
+    it is the float32 value the variable held.
 
     Args:
         schedule: A `keras_hta.schedules` object, any callable
@@ -71,6 +75,7 @@ class HomotopyScheduler(keras.callbacks.Callback):
         if value != float(self.model.homotopy_l.numpy()):
             self.model.check_stability(value)
         self.model.homotopy_l.assign(value)
+        self._value = value
 
     def on_train_begin(self, logs=None):
         if not hasattr(self.model, "homotopy_l"):
@@ -86,6 +91,13 @@ class HomotopyScheduler(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.update == "batch":
             self._set_l(int(self.model.optimizer.iterations.numpy()), "step")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The logged mean of a float32 L; when it is the value set (L unchanged during the epoch), log that value.
+        if self.update == "epoch" and logs and "homotopy_l" in logs:
+            logged = float(logs["homotopy_l"])
+            if logged == float(np.float32(self._value)) or abs(logged - self._value) <= 1e-6 * self._value:
+                logs["homotopy_l"] = self._value
 
 
 def position(model, epoch):

@@ -28,8 +28,8 @@ def test_readme_quickstart_runs(tmp_path):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(code.strip().splitlines()) <= 20
     out = _run(code, tmp_path)
-    values = [float(v) for v in re.findall(r"[\d.]+", out.splitlines()[-1])]
-    assert values == pytest.approx([0.1, 0.1, 0.08, 0.08, 0.06, 0.06, 0.04, 0.04, 0.02, 0.02], rel=1e-6)
+    # What the comment says the line prints, as printed.
+    assert out.splitlines()[-1] == "[0.1, 0.1, 0.08, 0.08, 0.06, 0.06, 0.04, 0.04, 0.02, 0.02]"
     assert (tmp_path / "served_model" / "saved_model.pb").exists()
 
 
