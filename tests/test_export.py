@@ -77,3 +77,29 @@ def test_export_command_from_a_keras_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", str(tmp_path / "missing.keras"), str(tmp_path / "out")])
 
+
+def test_export_command_refuses_a_file_a_full_folder_and_a_missing_twin_before_loading(tmp_path, capsys,
+                                                                                       monkeypatch):
+    model, x = _trained()
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    load_model = keras.models.load_model
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    for path, flags, says in ((tmp_path / "a_file", [], "is a file"),
+                              (tmp_path / "full", [], "pass --overwrite"),
+                              (tmp_path / "new", ["--how", "2"], "--how 2"),  # twins 0 and 1
+                              (tmp_path / "new", ["--how", "sideways"], "--how sideways")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["export", str(tmp_path / "m.keras"), str(path)] + flags)
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+    monkeypatch.setattr(keras.models, "load_model", load_model)
+    cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / "full"), "--overwrite"])
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "full", "m.keras"]  # no temporary folder left
+    assert not (tmp_path / "full" / "notes.txt").exists()  # replaced whole, not written among old files
+    served, _ = _serve_in_fresh_process(tmp_path / "full", x, tmp_path)
+    np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-5)
+

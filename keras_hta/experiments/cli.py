@@ -8,7 +8,9 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 # TensorFlow's C++ start-up lines, unless the user chose a level.
@@ -116,7 +118,22 @@ def _export_parser(sub):
     p.add_argument("checkpoint", help="a .keras file saved from a HomotopyModel")
     p.add_argument("path", help="the SavedModel directory to write")
     p.add_argument("--how", default="theta", help="theta, eta, average, or a twin index")
+    p.add_argument("--overwrite", action="store_true", help="replace `path` if it is a folder that holds files")
     p.set_defaults(func=run_export)
+
+
+def _saved_twins(checkpoint):
+    """The number of twins of the HomotopyModel in a .keras archive, read from its config.json; None if not one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if not isinstance(config, dict) or config.get("class_name") != "HomotopyModel":
+        return None
+    return int((config.get("config") or {}).get("num_groups", 2))
 
 
 def run_export(args):
@@ -127,6 +144,17 @@ def run_export(args):
     if not zipfile.is_zipfile(args.checkpoint):
         raise ValueError(f"Argument `checkpoint` is not a Keras archive (a .keras file saved by model.save). "
                          f"Received: {args.checkpoint!r}")
+    twins = _saved_twins(args.checkpoint)
+    if args.how.isdigit() and twins is not None and int(args.how) >= twins:
+        raise ValueError(f"Argument `--how` must be theta, eta, average or a twin index below {twins} (the "
+                         f"model's twins). Received: --how {args.how}")
+    if not args.how.isdigit() and args.how not in ("theta", "eta", "average"):
+        raise ValueError(f"Argument `--how` must be theta, eta, average or a twin index. Received: --how {args.how}")
+    if os.path.exists(args.path) and not os.path.isdir(args.path):
+        raise ValueError(f"Argument `path` is a file; the SavedModel is a folder. Received: {args.path!r}")
+    if os.path.isdir(args.path) and os.listdir(args.path) and not args.overwrite:
+        raise ValueError(f"Argument `path` is a folder that holds files; pass --overwrite to replace it. "
+                         f"Received: {args.path!r}")
     import keras
 
     import keras_hta
@@ -136,7 +164,18 @@ def run_export(args):
     if not isinstance(model, HomotopyModel):
         raise TypeError(f"Argument `checkpoint` must hold a HomotopyModel. Received: a {type(model).__name__}")
     how = int(args.how) if args.how.isdigit() else args.how
-    plain = keras_hta.export_saved_model(model, args.path, how=how)
+    # Written beside `path`, then moved into place: an export that fails leaves `path` as it was.
+    target = os.path.abspath(args.path)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".", suffix=".tmp", dir=parent)
+    try:
+        plain = keras_hta.export_saved_model(model, tmp, how=how)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"Exported {plain.name} ({how}, {len(plain.weights)} variables) to {args.path}")
 
 
