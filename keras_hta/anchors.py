@@ -22,7 +22,8 @@ def resolve_anchor(anchor, variables):
         `"zeros"` (a zero anchor is not stored).
 
     Raises:
-        ValueError: for an unknown string, a wrong length or a wrong shape.
+        ValueError: for an unknown string, a wrong length, a wrong shape,
+            or a NaN or inf value.
     """
     if isinstance(anchor, str):
         if anchor == "zeros":
@@ -58,6 +59,11 @@ def resolve_anchor(anchor, variables):
                 "Argument `anchor` must match each variable's shape. "
                 f"Received: shape {a.shape} for variable '{v.path}' of shape "
                 f"{tuple(v.shape)}"
+            )
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ValueError(
+                "Argument `anchor` must be finite: the penalty pulls the twins to it. "
+                f"Received: {int(np.sum(~np.isfinite(a)))} NaN or inf values for variable '{v.path}'"
             )
         result.append(a)
     return result

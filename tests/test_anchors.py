@@ -28,3 +28,16 @@ def test_errors_name_the_argument():
         resolve_anchor(lambda v: np.zeros(7), variables)
     with pytest.raises(TypeError, match="anchor=3"):
         resolve_anchor(3, variables)
+
+
+def test_a_nan_or_inf_anchor_is_refused_at_construction():
+    import keras_hta as hta
+
+    network = dense_network(hidden=3)
+    nan_kernel = lambda v: np.full(v.shape, np.nan) if len(v.shape) == 2 else np.zeros(v.shape)  # noqa: E731
+    with pytest.raises(ValueError, match=r"must be finite.*Received: \d+ NaN or inf values for variable '.*kernel'"):
+        hta.HomotopyModel.from_model(network, anchor=nan_kernel)
+    values = [np.zeros(v.shape) for v in network.trainable_variables]
+    values[-1][0] = np.inf
+    with pytest.raises(ValueError, match="1 NaN or inf values"):
+        hta.HomotopyModel.from_model(network, anchor=values)
