@@ -320,14 +320,25 @@ def test_a_full_disk_ends_in_one_line_and_keeps_what_was_written(tmp_path, capsy
     assert [p.name for p in out.iterdir()] == ["results.json"]  # no temporary file left
 
 
-def test_a_results_file_with_incomplete_runs_is_one_line(tmp_path, capsys):
+_RUN = {"arm": "sgd", "seed": 0, "test_error": 0.1, "val_error": [0.2], "val_final_error": 0.2, "seconds": 1.0}
+
+
+@pytest.mark.parametrize("saved,says", [
+    ({"runs": [{"seed": 0}]}, "run 0 has no arm"),
+    ({"config": "oops", "runs": [_RUN]}, "config is not an object"),  # an AttributeError traceback before
+    ({"runs": [{**_RUN, "config": "oops"}]}, "run 0's config is not an object"),
+    ({"runs": [{**_RUN, "test_error": "0.1"}]}, "run 0's test_error is not a number: '0.1'"),  # a NumPy ufunc line
+    ({"runs": "all of them"}, "runs is not a list"),
+    ([1, 2], "top level"),
+])
+def test_a_results_file_that_is_not_what_compare_writes_is_one_line(tmp_path, capsys, saved, says):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "results.json").write_text(json.dumps({"runs": [{"seed": 0}]}))
+    (out / "results.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit) as info:
         cli.main(["compare", "--out", str(out)] + TINY)
     line = _one_line(capsys)
-    assert info.value.code == 2 and "cannot be read" in line and "run 0 has no arm" in line
+    assert info.value.code == 2 and "cannot be read" in line and says in line
 
 
 def test_export_of_a_file_that_is_not_a_keras_archive_says_so(tmp_path, capsys):

@@ -433,6 +433,22 @@ def check_writable_folder(path, flag="--out"):
 RUN_FIELDS = ("arm", "seed", "test_error", "val_error", "val_final_error", "seconds")
 
 
+def _check_run(i, r):
+    """Raises a KeyError or TypeError saying what run `i` of a results file lacks or holds wrongly."""
+    if not isinstance(r, dict):
+        raise TypeError(f"run {i} is not an object")
+    missing = [k for k in RUN_FIELDS if k not in r]
+    if missing:
+        raise KeyError(f"run {i} has no {', '.join(missing)}")
+    for key in ("seed", "test_error", "val_final_error", "seconds"):
+        if isinstance(r[key], bool) or not isinstance(r[key], (int, float)):
+            raise TypeError(f"run {i}'s {key} is not a number: {r[key]!r}")
+    if not isinstance(r["arm"], str) or not isinstance(r["val_error"], list):
+        raise TypeError(f"run {i}'s arm is not a string or its val_error not a list")
+    if not isinstance(r.get("config", {}), dict):
+        raise TypeError(f"run {i}'s config is not an object: {r['config']!r}")
+
+
 def read_runs(path):
     """The finished runs in a results file (none if it does not exist)."""
     if not os.path.exists(path):
@@ -440,11 +456,13 @@ def read_runs(path):
     try:
         with open(path) as f:
             saved = json.load(f)
+        if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+            raise TypeError("its top level or its config is not an object")
         runs = saved["runs"]
+        if not isinstance(runs, list):
+            raise TypeError("runs is not a list")
         for i, r in enumerate(runs):
-            missing = [k for k in RUN_FIELDS if k not in r]
-            if missing:
-                raise KeyError(f"run {i} has no {', '.join(missing)}")
+            _check_run(i, r)
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"The results file {path} cannot be read ({type(error).__name__}: {error}). Move it away to keep it "
