@@ -1,6 +1,7 @@
 """The keras-hta command line: compare and nonconvex, end to end on tiny runs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -295,6 +296,30 @@ def test_ctrl_c_ends_in_one_line_keeps_the_finished_runs_and_a_rerun_resumes(tmp
     cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
     assert "Resuming: 1 finished run(s)" in capsys.readouterr().out
     assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd", "hta"]
+
+
+def test_sigterm_ends_like_ctrl_c_with_exit_143_and_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from keras_hta.experiments import compare
+
+    real = compare.train_one
+
+    def terminated_second(config, arm, *args, **kwargs):
+        if arm == "hta":
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another terminal
+        return real(config, arm, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "train_one", terminated_second)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    assert info.value.code == 143
+    line = _one_line(capsys)
+    assert line.startswith("keras-hta compare: terminated.") and "1 finished run(s) are kept" in line
+    assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler back
 
 
 def test_a_full_disk_ends_in_one_line_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):

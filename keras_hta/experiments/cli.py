@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -210,6 +211,14 @@ def build_parser():
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it ends as Ctrl-C does (what finished is kept)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -218,7 +227,13 @@ def main(argv=None):
     from keras_hta.experiments import DataUnavailableError
 
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        previous = None
+    try:
         args.func(args)
+    except Terminated:
+        parser.exit(143, f"keras-hta {args.command}: terminated.{_kept(args)}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"keras-hta {args.command}: interrupted.{_kept(args)}\n")
     except (DataUnavailableError, ValueError, TypeError) as error:
@@ -232,6 +247,9 @@ def main(argv=None):
                            "(pip install \"keras-hta[cpu]\"), or run it on TensorFlow's backend\n")
         parser.exit(2, f"keras-hta {args.command}: error: {error.name} is not installed; the experiment "
                        "harness needs its extras: pip install \"keras-hta[experiments]\"\n")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
