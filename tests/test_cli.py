@@ -202,6 +202,18 @@ def test_every_flag_is_checked_before_any_data_is_loaded(tmp_path, capsys, monke
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_nonconvex_output_in_a_missing_folder_is_refused_before_solving(tmp_path, capsys, monkeypatch, flag):
+    from keras_hta.experiments import nonconvex
+
+    monkeypatch.setattr(nonconvex, "paper_starts", lambda *a: pytest.fail("solved before the check"))
+    for path, says in ((tmp_path / "missing" / "t.out", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["nonconvex", "--n", "2", flag, str(path)])
+        line = _one_line(capsys)
+        assert info.value.code == 2 and f"Received: {flag} {path}" in line and says in line
+
+
 def test_image_model_mismatch_and_workers_are_refused(tmp_path, capsys):
     make_folder(tmp_path / "images", per_class=2, size=32)
     with pytest.raises(SystemExit):

@@ -62,6 +62,17 @@ def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
     bar.update(done, finalize=True)
 
 
+def _check_output_file(path, flag):
+    """Raises a ValueError naming `flag` unless `path` is a file that can be written (before any computation)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"Argument `{flag}` is a folder; it names a file. Received: {flag} {path}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"Argument `{flag}` is in a folder that does not exist ({folder}). Received: {flag} {path}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"Argument `{flag}` cannot be written: {folder} is read-only. Received: {flag} {path}")
+
+
 def run_nonconvex(args):
     from keras_hta.experiments.compare import l_schedule
 
@@ -71,6 +82,9 @@ def run_nonconvex(args):
         raise ValueError(f"Argument `--workers` must be >= 1. Received: --workers {args.workers}")
     if any(n < 1 for n in args.n):
         raise ValueError(f"Argument `--n` must be >= 1. Received: --n {' '.join(map(str, args.n))}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            _check_output_file(path, flag)
     schedule = l_schedule(flags)
     import keras
 
@@ -100,8 +114,9 @@ def run_nonconvex(args):
         print("| " + " | ".join(str(c) for c in cells) + " |")
     print(f"\nsuccess: ||x - 1||_inf < {nonconvex.SUCCESS_TOL}; L schedule {schedule}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"schedule": schedule.get_config(), "rows": rows}, f, indent=2)
+        from keras_hta.experiments import write_atomic
+
+        write_atomic(args.json, lambda f: json.dump({"schedule": schedule.get_config(), "rows": rows}, f, indent=2))
     if args.plot:
         from keras_hta.experiments.plots import plot_nonconvex
 
