@@ -202,6 +202,19 @@ def test_every_flag_is_checked_before_any_data_is_loaded(tmp_path, capsys, monke
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_data_dir_without_image_folders_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    from keras_hta.experiments import compare
+
+    monkeypatch.setattr(compare, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.tar.gz").write_text("not an archive")
+    for path, says in ((tmp_path / "empty", "must hold train/<class>/"), (tmp_path / "notes.tar.gz", "not a .tar")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["compare", "--data-dir", str(path), "--out", str(tmp_path / "run")])
+        line = _one_line(capsys)
+        assert info.value.code == 2 and f"Received: --data-dir {path}" in line and says in line
+
+
 @pytest.mark.parametrize("flag", ["--json", "--plot"])
 def test_nonconvex_output_in_a_missing_folder_is_refused_before_solving(tmp_path, capsys, monkeypatch, flag):
     from keras_hta.experiments import nonconvex

@@ -176,6 +176,16 @@ def data_model_config(args, keys, arms=("sgd",)):
         raise ValueError(f"Argument `--val-size` must be a count or a fraction below 1. Received: --val-size {val}")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise ValueError(f"Argument `--data-dir` does not exist. Received: --data-dir {args.data_dir}")
+    if args.data_dir and os.path.isdir(args.data_dir) and not all(
+            os.path.isdir(os.path.join(args.data_dir, split)) for split in ("train", "test")):
+        raise ValueError("Argument `--data-dir` must hold train/<class>/ and test/<class>/ image folders (or be "
+                         f"a .tar.gz of them). Received: --data-dir {args.data_dir}")
+    if args.data_dir and os.path.isfile(args.data_dir):
+        import tarfile
+
+        if not tarfile.is_tarfile(args.data_dir):
+            raise ValueError("Argument `--data-dir` is a file but not a .tar or .tar.gz archive of image folders. "
+                             f"Received: --data-dir {args.data_dir}")
     return config
 
 
