@@ -412,3 +412,18 @@ def test_results_md_says_in_words_who_won_by_how_much_and_whether_it_is_signific
     assert f"({gap:+.2f} points)" in line and ("above" if gap > 0 else "below" if gap < 0 else "level with") in line
     assert f"p = {p:.2g} over 2 and 2 seeds" in line
     assert ("not significant" if p >= 0.05 else "significant") in line
+
+
+def test_a_run_that_diverges_is_reported_in_words_and_not_compared(tmp_path):
+    out = tmp_path / "run"
+    cli.main(["compare", "--model", "mlp", "--lr", "1e30", "--out", str(out)] + TINY)  # finite, and far too large
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert not all(r["finite"] for r in runs)
+    md = (out / "results.md").read_text()
+    import re
+
+    for r in runs:
+        if not r["finite"]:
+            first = next(i for i, v in enumerate(r["train_loss"], 1) if not np.isfinite(v))
+            assert re.search(rf"seed {r['seed']}: diverged: (NaN|infinite) loss at epoch {first}\b", md), md
+    assert "not compared with SGD" in md and "level with" not in md

@@ -391,7 +391,21 @@ def markdown(config, summary, command, runs=None):
     if verdicts:
         lines += ["", "In words (test accuracy against SGD; sample std over seeds, ddof=1):", ""]
         lines += [f"- {v}" for v in verdicts]
+    diverged = [r for r in runs or [] if not r.get("finite", True)]
+    if diverged:
+        lines += ["", "Runs that diverged (their errors are in the tables above, but no arm is compared with them):",
+                  ""]
+        lines += [f"- {ARM_LABELS.get(r['arm'], r['arm'])}, seed {r['seed']}: {divergence(r)}" for r in diverged]
     return "\n".join(lines) + "\n"
+
+
+def divergence(run):
+    """'diverged: NaN loss at epoch 3' (epochs from 1), from a run's training loss per epoch."""
+    losses = run.get("train_loss") or []
+    for epoch, loss in enumerate(losses, 1):
+        if loss is None or not np.isfinite(loss):
+            return f"diverged: {'NaN' if loss is None or np.isnan(loss) else 'infinite'} loss at epoch {epoch}"
+    return "diverged: a non-finite loss within an epoch"
 
 
 def _std(value):
@@ -401,6 +415,10 @@ def _std(value):
 def verdict(arm, summary, runs=None):
     """One sentence: which of `arm` and SGD did better, by how much, and whether Welch's t-test separates them."""
     a, s = summary[arm], summary["sgd"]
+    diverged = [r for r in runs or [] if r and r["arm"] in (arm, "sgd") and not r.get("finite", True)]
+    if diverged:
+        names = ", ".join(f"{ARM_LABELS.get(r['arm'], r['arm'])} seed {r['seed']}" for r in diverged)
+        return f"{ARM_LABELS[arm]} not compared with SGD: {len(diverged)} run(s) diverged ({names}; below)."
     gap = a["acc_mean"] - s["acc_mean"]
     better = f"{ARM_LABELS[arm]} {'above' if gap > 0 else 'below' if gap < 0 else 'level with'} SGD"
     text = f"{better}: {a['acc_mean']:.2f}% vs {s['acc_mean']:.2f}% ({gap:+.2f} points)"
