@@ -427,3 +427,46 @@ def test_a_run_that_diverges_is_reported_in_words_and_not_compared(tmp_path):
             first = next(i for i, v in enumerate(r["train_loss"], 1) if not np.isfinite(v))
             assert re.search(rf"seed {r['seed']}: diverged: (NaN|infinite) loss at epoch {first}\b", md), md
     assert "not compared with SGD" in md and "level with" not in md
+
+
+def test_two_compare_processes_into_one_out_keep_every_run(tmp_path):
+    """Seeds 0 and 1 in two terminals, one --out: results.json ends with the runs of both."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    procs = [subprocess.Popen([sys.executable, "-m", "keras_hta.experiments.cli", "compare", "--model", "mlp",
+                               "--out", str(out), "--epochs", "1", "--seeds", str(seed), "--verbose", "0",
+                               "--train-size", "256", "--test-size", "128"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for seed in (0, 1)]
+    try:
+        errors = [p.communicate(timeout=900)[1] for p in procs]  # a bound for hangs only; a run takes seconds
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [("hta", 0), ("hta", 1), ("sgd", 0), ("sgd", 1)]
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "val_error.png"]
+
+
+def test_runs_written_meanwhile_by_another_process_are_kept(tmp_path, monkeypatch):
+    from keras_hta.experiments import compare
+
+    real = compare.train_one
+    out = tmp_path / "run"
+
+    def with_another_writer(config, arm, seed, *args, **kwargs):
+        run = real(config, arm, seed, *args, **kwargs)
+        if arm == "sgd":  # another process finishes seed 7 while this one trains
+            other = dict(run, seed=7)
+            out.mkdir(exist_ok=True)
+            compare.save_runs(str(out / "results.json"), [other], {"command": "the other one"})
+        return run
+
+    monkeypatch.setattr(compare, "train_one", with_another_writer)
+    cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [("hta", 0), ("sgd", 0), ("sgd", 7)]

@@ -461,6 +461,42 @@ def check_writable_folder(path, flag="--out"):
 RUN_FIELDS = ("arm", "seed", "test_error", "val_error", "val_final_error", "seconds")
 
 
+@contextlib.contextmanager
+def _locked(folder):
+    """An exclusive lock on `folder` (flock on the folder itself: no file is left behind) where the OS has one."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one writer per --out
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _run_key(run):
+    return run["arm"], run["seed"], json.dumps(run.get("config"), sort_keys=True)
+
+
+def save_runs(path, runs, fields):
+    """Writes `runs` to the results file with `fields`, under a lock, keeping the runs another process wrote there.
+
+    Two `compare` processes may share one `--out` (seeds 0 and 1 in two
+    terminals): each adds its runs to what is on disk at that moment.
+    Returns every run the file now holds.
+    """
+    with _locked(os.path.dirname(os.path.abspath(path))):
+        merged = read_runs(path)
+        have = {_run_key(r) for r in merged}
+        merged += [r for r in runs if _run_key(r) not in have]
+        saved = {k: v for k, v in fields.items() if k != "summary"}
+        write_json_atomic(path, {**saved, "runs": merged, **({"summary": fields["summary"]} if "summary" in fields else {})})
+    return merged
+
+
 def _check_run(i, r):
     """Raises a KeyError or TypeError saying what run `i` of a results file lacks or holds wrongly."""
     if not isinstance(r, dict):
@@ -537,14 +573,14 @@ def run_compare(args, command=None):
             if d is None:
                 d = load_data(config, args.tfds_dir, args.cache_dir)
             print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==", flush=True)
-            runs.append(train_one(config, arm, seed, d, verbose, args.multi_worker))
+            run = train_one(config, arm, seed, d, verbose, args.multi_worker)
             os.makedirs(args.out, exist_ok=True)  # only once a run has finished: a failed start leaves nothing
-            write_json_atomic(path, {"command": command, "runs": runs})  # saved run by run
+            runs[:] = save_runs(path, runs + [run], {"command": command})  # saved run by run
     # The file keeps every finished run; the summary covers this call's configuration, seeds and arms.
     selected = [finished(arm, seed) for seed in args.seeds for arm in args.arms]
     summary = summarize(selected)
     os.makedirs(args.out, exist_ok=True)
-    write_json_atomic(path, {"command": command, "config": config, "runs": runs, "summary": summary})
+    runs[:] = save_runs(path, runs, {"command": command, "config": config, "summary": summary})
     table = markdown(config, summary, command, selected)
     from keras_hta.experiments import write_atomic
 
