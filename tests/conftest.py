@@ -127,3 +127,30 @@ def mirrored():
 def twin_views(model):
     """Every twin of a HomotopyModel as a view, θ first: `[model.twin(0), model.twin(1), ...]`."""
     return [model.twin(k) for k in range(model.num_groups)]
+
+
+# No test depends on the machine's speed: a subprocess gets this bound only to catch a hang.
+HANG_S = 3600
+
+
+def run_bounded(args, **kwargs):
+    """`subprocess.run(args, **kwargs)` bounded by HANG_S (any `timeout` given is replaced): fails saying it hung."""
+    import subprocess
+
+    kwargs.pop("timeout", None)
+    try:
+        return subprocess.run(args, timeout=HANG_S, **kwargs)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung: {' '.join(map(str, args))[:200]} gave no answer in {HANG_S} s "
+                    "(a bound for hangs only, not a speed test)")
+
+
+def communicate_bounded(proc, bound=HANG_S):
+    """`proc.communicate()` bounded by `bound` seconds; kills the process and fails saying it hung."""
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=bound)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"hung: process {proc.args!r:.200} gave no answer in {bound} s (a bound for hangs only)")

@@ -4,7 +4,6 @@ distributed with `keras.distribution` on JAX."""
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -13,7 +12,7 @@ import pytest
 
 import keras
 import keras_hta as hta
-from conftest import BACKEND, dense_network, regression_data
+from conftest import BACKEND, dense_network, regression_data, run_bounded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER_BACKENDS = [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)]
@@ -69,8 +68,8 @@ def test_without_tensorflow_one_proximal_step_merge_and_reload(backend, tmp_path
     if BACKEND != "tensorflow":
         pytest.skip("runs once, in the TensorFlow pass, for each other backend installed")
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
-    out = subprocess.run([sys.executable, "-c", _WITHOUT_TF, backend, str(tmp_path / "m.keras")],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    out = run_bounded([sys.executable, "-c", _WITHOUT_TF, backend, str(tmp_path / "m.keras")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert not got["tensorflow"]
@@ -104,7 +103,7 @@ def test_a_model_saved_on_this_backend_loads_on_every_other(target, tmp_path):
         """
     )
     env = dict(os.environ, KERAS_BACKEND=target, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+    out = run_bounded([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == f"ok {target}"
@@ -332,7 +331,7 @@ def test_decoded_images_are_cached_per_decoder(tmp_path):
     if other in OTHER_BACKENDS:
         script = ("import sys; from keras_hta.experiments import data; "
                   f"data.load_image_folder({str(tmp_path / 'img')!r}, image_size=(8, 8), cache_dir={str(tmp_path / 'cache')!r})")
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        out = run_bounded([sys.executable, "-c", script], capture_output=True, text=True,
                              env=dict(os.environ, KERAS_BACKEND=other, PYTHONPATH=ROOT))
         assert out.returncode == 0, out.stderr[-2000:]
         assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 4  # its own two entries

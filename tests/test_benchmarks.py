@@ -3,11 +3,11 @@
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import run_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -17,9 +17,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_step_time_script_writes_consistent_ratios(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--models", "cnn1d",
+    out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--models", "cnn1d",
                           "--rounds", "1", "--steps", "3", "--no-memory", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads((tmp_path / "step_time.json").read_text())["rows"][0]
     assert row["hta_over_2plain"] == pytest.approx(row["hta_s"] / (2 * row["plain_s"]))
@@ -38,7 +38,7 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", "--trials", "2", "--epochs", "1",
                "--seeds", "3", "--train-size", "256", "--arms", "sgd", "sgd_ema", "h1_paper_zeros", "h3_elastic_split",
                "sgd_2x", "sgd_decay", "--out", str(tmp_path)]
-    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    out = run_bounded(command, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     state = json.loads((tmp_path / "study.json").read_text())
     assert set(state["tuned"]) == {"sgd", "sgd_ema", "h3_elastic_split"}  # the paper's schedule has nothing to tune
@@ -64,18 +64,18 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     assert tests[("h3_elastic_split", "sgd")]["mean_diff"] == pytest.approx(np.mean(diffs))
     assert tests[("h3_elastic_split", "sgd")]["sd_diff"] == pytest.approx(np.std(diffs, ddof=1))
     # Resumable: a second call trains nothing new and reports the same table.
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    again = run_bounded(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and "  final " not in again.stdout and "tuning " not in again.stdout
     assert json.loads((tmp_path / "study.json").read_text())["summary"] == rows
     # The report adjusts the family's paired t-test p-values together (Holm).
-    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    report = run_bounded([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(tmp_path)],
+                            capture_output=True, text=True, env=env)
     assert report.returncode == 2  # study.json is not under study-*/: one clear line
     assert "--results" in report.stderr and "Traceback" not in report.stderr
     (tmp_path / "study-mlp").mkdir()
     (tmp_path / "study.json").rename(tmp_path / "study-mlp" / "study.json")
-    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    report = run_bounded([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(tmp_path)],
+                            capture_output=True, text=True, env=env)
     assert report.returncode == 0, report.stderr[-2000:]
     summary = json.loads((tmp_path / "study-summary.json").read_text())
     family = [t for t in state["tests"] if t["family"]]
@@ -89,8 +89,8 @@ def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
     (tmp_path / "FILE").write_text("")
     flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", *flags],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", *flags],
+                         capture_output=True, text=True, env=env)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 2 and named in last and "Traceback" not in out.stderr
 
@@ -158,8 +158,8 @@ def test_the_cost_tables_of_readme_and_results_render_from_their_json():
 def test_twin_cost_measures_every_case_and_renders_what_it_measured(tmp_path):
     """The memory cases on this backend, counted; the renderer's ratios are those counts."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "twin_cost.py"), "--memory", "--backends",
-                          "tensorflow", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "twin_cost.py"), "--memory", "--backends",
+                          "tensorflow", "--out", str(tmp_path)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((tmp_path / "twin_cost.json").read_text())
     rows = saved["memory"]["memory"]

@@ -8,6 +8,7 @@ import pytest
 
 from keras_hta.experiments import cli
 from test_data import make_folder
+from conftest import communicate_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -442,7 +443,7 @@ def test_two_compare_processes_into_one_out_keep_every_run(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
              for seed in (0, 1)]
     try:
-        errors = [p.communicate(timeout=900)[1] for p in procs]  # a bound for hangs only; a run takes seconds
+        errors = [communicate_bounded(p)[1] for p in procs]  # a run takes seconds
     finally:
         for p in procs:
             p.kill()

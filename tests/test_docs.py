@@ -3,10 +3,10 @@
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
+from conftest import run_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -14,10 +14,10 @@ pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conf
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(code_or_file, tmp_path, timeout=600):
+def _run(code_or_file, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     args = [sys.executable, str(code_or_file)] if isinstance(code_or_file, pathlib.Path) else [sys.executable, "-c", code_or_file]
-    out = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+    out = run_bounded(args, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -38,8 +38,8 @@ def test_cifar10_example_runs_on_a_small_folder(tmp_path):
     make_folder(tmp_path / "images", per_class=4, size=32)
     env_args = ["--data-dir", str(tmp_path / "images"), "--epochs", "1", "--width", "0.0625", "--batch-size", "4"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "cifar10_vgg.py")] + env_args,
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    out = run_bounded([sys.executable, str(ROOT / "examples" / "cifar10_vgg.py")] + env_args,
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy SGD" in out.stdout
 
@@ -57,12 +57,12 @@ def test_readme_ecosystem_snippets_run(tmp_path):
     assert "Linear(" in out or "Geometric(" in out or "Constant(" in out
     for path in ("served/1/saved_model.pb", "best.keras", "logs/train", "tuning"):
         assert (tmp_path / path).exists(), path
-    served = subprocess.run(["keras-hta", "export", "best.keras", "served/2"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300,
+    served = run_bounded(["keras-hta", "export", "best.keras", "served/2"], cwd=tmp_path,
+                            capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
     assert served.returncode == 0, served.stderr[-2000:]
     bash = re.search(r"```bash\n(CLUSTER=.*?)```", section, re.S).group(1)
-    ran = subprocess.run(["bash", "-c", bash], cwd=tmp_path, capture_output=True, text=True, timeout=400,
+    ran = run_bounded(["bash", "-c", bash], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert (tmp_path / "multi_worker" / "results.json").exists()

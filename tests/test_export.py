@@ -1,7 +1,6 @@
 """SavedModel export: served outputs in a process without keras_hta, no HTA state inside."""
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -13,7 +12,7 @@ import pytest
 import keras
 import keras_hta as hta
 from keras_hta.experiments import cli
-from conftest import BACKEND, dense_network, regression_data
+from conftest import BACKEND, dense_network, regression_data, run_bounded
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +46,7 @@ def _serve_in_fresh_process(export_dir, x, tmp_path):
         """
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = run_bounded([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 

@@ -6,10 +6,10 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 
 import numpy as np
+from conftest import run_bounded
 
 pytestmark = [pytest.mark.harness, pytest.mark.tensorflow_only]  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -19,8 +19,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def _worker(tmp_path, name, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
-    out = subprocess.run([sys.executable, str(HERE / "fit_worker.py"), str(tmp_path / name), *extra],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = run_bounded([sys.executable, str(HERE / "fit_worker.py"), str(tmp_path / name), *extra],
+                         capture_output=True, text=True, env=env)
     return out
 
 

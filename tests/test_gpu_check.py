@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import BACKEND
+from conftest import BACKEND, run_bounded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,8 +22,8 @@ def test_gpu_check_dry_run_runs_every_stage_on_jax_without_tensorflow(tmp_path):
     if BACKEND != "jax":
         pytest.skip("the JAX pass runs it (CI: without TensorFlow installed)")
     env = dict(os.environ)  # gpu_check.py puts the repository on sys.path itself
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["errors"] == {} and "card: CPU (dry run)" in out.stdout

@@ -3,10 +3,10 @@
 import ast
 import json
 import pathlib
-import subprocess
 import sys
 
 import pytest
+from conftest import run_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -38,7 +38,7 @@ def test_import_keras_hta_adds_no_harness_dependency():
     # count only what `import keras_hta` adds after `import keras`.
     code = ("import json, sys; import keras; before = set(sys.modules); import keras_hta; "
             "print(json.dumps(sorted(set(sys.modules) - before)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_bounded([sys.executable, "-c", code], capture_output=True, text=True)
     added = json.loads(out.stdout.strip().splitlines()[-1])
     assert "keras_hta.homotopy_model" in added
     assert not [m for m in added if m.split(".")[0] in HEAVY or m.startswith(HEAVY[-1])], added
@@ -51,8 +51,7 @@ def test_cli_help_imports_no_tensorflow_and_prints_no_log_lines(command):
             "from keras_hta.experiments.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TensorFlow'\n")
-    out = subprocess.run([sys.executable, "-c", code] + command + ["--help"], capture_output=True, text=True,
-                         timeout=60, env={"PATH": "/usr/bin:/bin"})
+    out = run_bounded([sys.executable, "-c", code] + command + ["--help"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stderr == "" and "usage: keras-hta" in out.stdout
     if command and command[0] in ("compare", "tune"):

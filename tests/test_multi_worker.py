@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import communicate_bounded, run_bounded
 
 pytestmark = [pytest.mark.harness, pytest.mark.tensorflow_only]  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -39,14 +40,15 @@ def _launch(argv_for):
         procs.append(subprocess.Popen([sys.executable, *argv_for(index)], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env))
     results = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-        results.append((proc.returncode, err))
+    try:
+        for proc in procs:
+            # Two workers wait on each other: one that died leaves the other waiting for ever, so the bound
+            # for a hang is shorter here than HANG_S (a run takes about a minute).
+            _, err = communicate_bounded(proc, bound=1200)
+            results.append((proc.returncode, err))
+    finally:
+        for p in procs:
+            p.kill()  # no orphan left when one fails
     return results
 
 
@@ -62,8 +64,8 @@ def _weights(path):
 
 def test_two_workers_agree_and_equal_one_process(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(HERE.parent))
-    single = subprocess.run([sys.executable, str(HERE / "fit_worker.py"), str(tmp_path / "single"), "--epochs", "3"],
-                            capture_output=True, text=True, env=env, timeout=180)
+    single = run_bounded([sys.executable, str(HERE / "fit_worker.py"), str(tmp_path / "single"), "--epochs", "3"],
+                            capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     for code, err in _run_workers(tmp_path, "worker"):
         assert code == 0, err[-3000:]

@@ -3,8 +3,8 @@
 import os
 import pathlib
 import re
-import subprocess
 import sys
+from conftest import run_bounded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,8 +16,8 @@ def test_readme_quickstart_runs_as_written_on_this_backend(tmp_path):
     check = ("\nrestored = keras.models.load_model('plain.keras')\n"  # the saved plain model is θ
              "print(float(np.abs(restored.predict(x, verbose=0) - model.predict(x, verbose=0)).max()))\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=900)  # a bound for hangs only; it takes seconds
+    out = run_bounded([sys.executable, "-c", code + check], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)  # a bound for hangs only; it takes seconds
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     # What the comment says the line prints, as printed.
