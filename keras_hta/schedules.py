@@ -111,8 +111,8 @@ class Linear(HomotopySchedule):
 
     def __call__(self, position):
         k = _check_position(position) // self.epochs_per_value
-        # As written: 0.1 - 2 * 0.02 is 0.06, not 0.060000000000000005 (12 significant digits, beyond float32's 7).
-        value = float(f"{self.start + self.step * k:.12g}")
+        # As written: 0.1 - 2 * 0.02 is 0.06, not 0.060000000000000005 (15 significant digits: the float64 tail goes).
+        value = float(f"{self.start + self.step * k:.15g}")
         return max(value, self.stop) if self.stop <= self.start else min(value, self.stop)
 
     def get_config(self):
