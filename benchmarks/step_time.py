@@ -243,18 +243,25 @@ def render(rows):
     return "\n".join(lines) + "\n"
 
 
+def package_versions():
+    """The installed versions of Keras, the three backends and NumPy (what a results file records)."""
+    import importlib.metadata as md
+
+    found = {}
+    for name in ("keras", "tensorflow-cpu", "jax", "torch", "numpy"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
 def write_report(rows, out):
     """step_time.json (with the versions and threads that produced it), step_time.md and step_time.png."""
-    import importlib.metadata as md
     import platform
 
     os.makedirs(out, exist_ok=True)
-    versions = {}
-    for name in ("keras", "tensorflow-cpu", "jax", "torch", "numpy"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
+    versions = package_versions()
     with open(os.path.join(out, "step_time.json"), "w") as f:
         json.dump({"command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]), "versions": versions,
                    "python": platform.python_version(), "cpus": os.cpu_count(), "rows": rows}, f, indent=1)

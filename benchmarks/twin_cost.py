@@ -39,6 +39,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:  # imported by a test rather than run as a script
+    sys.path.insert(0, HERE)
+from step_time import package_versions  # noqa: E402  (the script beside this one)
 CASES = ("vgg11/8", "frozen-trunk", "lora")
 ANCHORS = ("zeros", "init")
 
@@ -176,16 +179,6 @@ def _child(code_root, backend, argv):
     return rows
 
 
-def _versions():
-    import importlib.metadata as md
-
-    found = {}
-    for name in ("keras", "tensorflow-cpu", "jax", "torch", "numpy"):
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return found
 
 
 def _worktree(rev):
@@ -219,7 +212,7 @@ def main():
         ["--steps", str(args.steps), "--models", *args.models] if args.steps else [])
     other = _worktree(args.against) if args.against else None
     try:
-        result = {"command": "python benchmarks/twin_cost.py " + " ".join(sys.argv[1:]), "versions": _versions(),
+        result = {"command": "python benchmarks/twin_cost.py " + " ".join(sys.argv[1:]), "versions": package_versions(),
                   "python": platform.python_version(), "cpus": os.cpu_count(), "against": args.against,
                   "memory": [], "steps": []}
         for backend in args.backends:

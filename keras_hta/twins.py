@@ -321,7 +321,8 @@ class TwinState(keras.layers.Layer):
             y_pred = self.network(x, training=training)
             return y_pred, list(self.network.losses)
         twin = self.twins[k - 1]
-        state = [(p, self.network.variables[p]) for p in self._state_positions]
+        variables = self.network.variables  # one walk of the layers, not one per state variable
+        state = [(p, variables[p]) for p in self._state_positions]
         with keras.StatelessScope(state_mapping=self.substitution(k), collect_losses=True) as scope:
             before = [scope.get_current_value(v) for _, v in state]
             y_pred = self.network(x, training=training)

@@ -300,25 +300,33 @@ def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path, capsys, monkeyp
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_ends_in_one_line_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+def _stopped_at_the_second_run(tmp_path, capsys, monkeypatch, stop):
+    """compare with `stop()` called as its second run (HTA) starts; returns (exit code, the one line, --out)."""
     from keras_hta.experiments import compare
 
     real = compare.train_one
 
-    def interrupted_second(config, arm, *args, **kwargs):
+    def stopped_second(config, arm, *args, **kwargs):
         if arm == "hta":
-            raise KeyboardInterrupt
+            stop()
         return real(config, arm, *args, **kwargs)
 
-    monkeypatch.setattr(compare, "train_one", interrupted_second)
+    monkeypatch.setattr(compare, "train_one", stopped_second)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
         cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
-    assert info.value.code == 130
-    line = _one_line(capsys)
-    assert line.startswith("keras-hta compare: interrupted.") and "1 finished run(s) are kept" in line
-    assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd"]
     monkeypatch.setattr(compare, "train_one", real)
+    assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd"]
+    return info.value.code, _one_line(capsys), out
+
+
+def test_ctrl_c_ends_in_one_line_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    code, line, out = _stopped_at_the_second_run(tmp_path, capsys, monkeypatch, ctrl_c)
+    assert code == 130
+    assert line.startswith("keras-hta compare: interrupted.") and "1 finished run(s) are kept" in line
     cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
     assert "Resuming: 1 finished run(s)" in capsys.readouterr().out
     assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd", "hta"]
@@ -327,24 +335,11 @@ def test_ctrl_c_ends_in_one_line_keeps_the_finished_runs_and_a_rerun_resumes(tmp
 def test_sigterm_ends_like_ctrl_c_with_exit_143_and_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
     import signal
 
-    from keras_hta.experiments import compare
-
-    real = compare.train_one
-
-    def terminated_second(config, arm, *args, **kwargs):
-        if arm == "hta":
-            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another terminal
-        return real(config, arm, *args, **kwargs)
-
-    monkeypatch.setattr(compare, "train_one", terminated_second)
     before = signal.getsignal(signal.SIGTERM)
-    out = tmp_path / "run"
-    with pytest.raises(SystemExit) as info:
-        cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
-    assert info.value.code == 143
-    line = _one_line(capsys)
+    code, line, _ = _stopped_at_the_second_run(  # as `kill PID` from another terminal
+        tmp_path, capsys, monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert code == 143
     assert line.startswith("keras-hta compare: terminated.") and "1 finished run(s) are kept" in line
-    assert [r["arm"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["sgd"]
     assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler back
 
 
