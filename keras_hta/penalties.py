@@ -20,6 +20,7 @@ import numpy as np
 
 import keras
 from keras import ops
+from keras_hta import step as step_lib
 
 NORMS = ("squared", "l2")
 PENALTY_UPDATES = ("proximal", "gradient")
@@ -66,11 +67,6 @@ def _total(scalars):
     return scalars[0] if len(scalars) == 1 else ops.sum(ops.stack(scalars))
 
 
-def _sum_sq(tensors):
-    """Σ‖t‖² over the tensors, each accumulated in float32."""
-    return _total([ops.sum(ops.square(_as(t, "float32"))) for t in tensors])
-
-
 def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
     """Computes the anchor and coupling terms, before weighting by L.
 
@@ -89,21 +85,19 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
         `coupling = Σ_{j<k} ‖w_j − w_k‖²` (norms, not squares, for `"l2"`).
     """
     finish = (lambda s: s) if norm == "squared" else _safe_sqrt
-    offsets = anchors or [None] * len(twin_variables[0])
-
-    def displaced(w, a):
-        return w if a is None else w - a
-
-    twin_variables = [[ops.convert_to_tensor(w) for w in ws] for ws in twin_variables]
+    each = step_lib.each  # one operation per list (PyTorch's foreach), or per tensor
+    twin_variables = [[_as(ops.convert_to_tensor(w), "float32") for w in ws] for ws in twin_variables]
+    if anchors:
+        anchors = [_as(ops.convert_to_tensor(a), "float32") for a in anchors]
     anchor = _total([
-        finish(_sum_sq([_as(m, w.dtype) * displaced(w, a) for w, a, m in zip(ws, offsets, ms)]))
+        finish(each.sum_squares(each.mul(each.sub(ws, anchors) if anchors else ws,
+                                         [_as(m, "float32") for m in ms])))
         for ws, ms in zip(twin_variables, masks)
     ])
     pairs = []
     for j in range(len(twin_variables)):
         for k in range(j + 1, len(twin_variables)):
-            diffs = [u - v for u, v in zip(twin_variables[j], twin_variables[k])]
-            pairs.append(finish(_sum_sq(diffs)))
+            pairs.append(finish(each.sum_squares(each.sub(twin_variables[j], twin_variables[k]))))
     return anchor, _total(pairs)
 
 
@@ -147,25 +141,49 @@ def proximal_update(values, free, gamma, homotopy_l, anchor=None, coefficients=N
     Returns:
         The list of m updated tensors, in the values' dtype.
     """
-    m = len(values)
     stored = keras.backend.standardize_dtype(values[0].dtype)
     if coefficients is None:
-        coefficients = proximal_coefficients(gamma, homotopy_l, m, compute_dtype(stored))
+        coefficients = proximal_coefficients(gamma, homotopy_l, len(values), compute_dtype(stored))
+    anchors = None if anchor is None else [anchor]
+    return [w for (w,) in proximal_update_weights([[v] for v in values], [[e] for e in free], anchors, coefficients)]
+
+
+def proximal_update_weights(values, free, anchors, coefficients):
+    """`proximal_update` for many weights at once, each operation over all of them.
+
+    Args:
+        values: List over the m twins of lists over weights (aligned across
+            twins) of the values `w′_k`.
+        free: The twins' 0/1 free masks, aligned with `values`.
+        anchors: List of anchor tensors aligned with each twin's weights,
+            or `None` for θ̃ = 0.
+        coefficients: `proximal_coefficients(γ, L, m, dtype)` of this step.
+
+    Returns:
+        The updated values, aligned with `values`, each in its stored dtype.
+    """
+    each = step_lib.each  # one operation per list (PyTorch's foreach), or per tensor
     dtype = coefficients["dtype"]
     d, inv_anchored, gap, scale = (coefficients[k] for k in ("d", "inv_anchored", "gap", "scale"))
-    values = [_as(v, dtype) for v in values]
-    free = [_as(e, dtype) for e in free]
-    free_value = add_n([e * w for e, w in zip(free, values)])
-    weighted = add_n(values) * inv_anchored + free_value * gap
-    if anchor is not None:
-        anchor = _as(anchor, dtype)
-        weighted = weighted + coefficients["anchor_weight"] * anchor
-    u = scale * weighted
+    stored = [keras.backend.standardize_dtype(v.dtype) for v in values[0]]
+    values = [[_as(ops.convert_to_tensor(v), dtype) for v in ws] for ws in values]
+    free = [[_as(e, dtype) for e in es] for es in free]
+    total, free_value = values[0], each.mul(free[0], values[0])
+    for es, ws in zip(free[1:], values[1:]):
+        total, free_value = each.add(total, ws), each.add(free_value, each.mul(es, ws))
+    weighted = each.add(each.mul(total, inv_anchored), each.mul(free_value, gap))
+    if anchors is not None:
+        anchors = [_as(ops.convert_to_tensor(a), dtype) for a in anchors]
+        weighted = each.add(weighted, each.mul(anchors, coefficients["anchor_weight"]))
+        pulled = each.mul(anchors, d)
+    u = each.mul(weighted, scale)
     result = []
-    for e, w in zip(free, values):
-        inv = inv_anchored + e * gap
-        r = w + u if anchor is None else w + u + (1.0 - e) * d * anchor
-        result.append(_as(r * inv, stored))
+    for es, ws in zip(free, values):
+        inv = each.add(each.mul(es, gap), inv_anchored)  # 1/D of each element: 1/D_f where free, 1/D_a elsewhere
+        r = each.add(ws, u)
+        if anchors is not None:  # + d·a_k·θ̃, a_k = 1 − e_k
+            r = each.add(r, each.mul(pulled, each.add(each.mul(es, -1.0), 1.0)))
+        result.append([_as(x, s) for x, s in zip(each.mul(r, inv), stored)])
     return result
 
 
@@ -178,7 +196,7 @@ def compute_dtype(dtype):
 def proximal_coefficients(gamma, homotopy_l, num_groups, dtype="float32"):
     """The scalars of `proximal_update`'s closed form for one step (the same for every weight of that dtype).
 
-    Computed once per step and passed to `proximal_update` for each weight, so
+    Computed once per step and passed to `proximal_update_weights` for all weights, so
     that an eager backend does not repeat a dozen scalar operations per weight.
 
     Returns:

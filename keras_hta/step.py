@@ -19,7 +19,11 @@ updates the metrics. What differs per backend, and lives here:
   current when the model was built) and how the proximal step's values are
   assigned: under a `tf.distribute` strategy once per device in the
   cross-replica context, on PyTorch outside autograd;
-- what `jit_compile` and SavedModel export each backend supports.
+- what `jit_compile` and SavedModel export each backend supports;
+- how the proximal update's elementwise arithmetic runs over all weights
+  (`each`): one `torch._foreach_*` call per operation on PyTorch, as Keras'
+  own PyTorch optimizers step, instead of one eager operation per weight;
+  a loop of `keras.ops` elsewhere (traced and fused on TensorFlow and JAX).
 
 TensorFlow and PyTorch are imported only on their own backend.
 """
@@ -28,6 +32,7 @@ import contextlib
 import importlib.util
 
 import keras
+from keras import ops
 
 BACKEND = keras.backend.backend()
 
@@ -71,10 +76,16 @@ def assign_all(updates):
     from the same mirrored weights; as Keras' optimizers do, the assignment
     happens in the cross-replica context through `strategy.extended.update`.
     """
+    if BACKEND == "torch":  # one copy for all, as Keras' PyTorch optimizers write their variables
+        import torch
+
+        if updates:
+            with torch.no_grad():
+                torch._foreach_copy_([variable.value for variable, _ in updates], [value for _, value in updates])
+        return
     if BACKEND != "tensorflow":
-        with no_grad():
-            for variable, value in updates:
-                variable.assign(value)
+        for variable, value in updates:
+            variable.assign(value)
         return
     import tensorflow as tf
 
@@ -88,6 +99,64 @@ def assign_all(updates):
         assign(tf.distribute.get_strategy(), updates)
     else:
         context.merge_call(assign, args=(updates,))
+
+
+class _EachOps:
+    """Elementwise arithmetic over aligned lists of tensors, written once in `keras.ops`.
+
+    `b` is a list aligned with `a` (each of its tensors broadcastable against
+    `a`'s) or one scalar applied to every tensor of `a`.
+    """
+
+    @staticmethod
+    def add(a, b):
+        return [x + y for x, y in zip(a, b)] if isinstance(b, (list, tuple)) else [x + b for x in a]
+
+    @staticmethod
+    def sub(a, b):
+        return [x - y for x, y in zip(a, b)]
+
+    @staticmethod
+    def mul(a, b):
+        return [x * y for x, y in zip(a, b)] if isinstance(b, (list, tuple)) else [x * b for x in a]
+
+    @staticmethod
+    def sum_squares(a):
+        """Σ‖t‖² over the tensors of `a` (already float32), a scalar."""
+        sums = [ops.sum(ops.square(t)) for t in a]
+        return sums[0] if len(sums) == 1 else ops.sum(ops.stack(sums))
+
+
+class _TorchEachOps:
+    """`_EachOps` in one `torch._foreach_*` call per operation (the values are torch tensors)."""
+
+    @staticmethod
+    def add(a, b):
+        import torch
+
+        return torch._foreach_add(list(a), list(b) if isinstance(b, (list, tuple)) else b)
+
+    @staticmethod
+    def sub(a, b):
+        import torch
+
+        return torch._foreach_sub(list(a), list(b))
+
+    @staticmethod
+    def mul(a, b):
+        import torch
+
+        return torch._foreach_mul(list(a), list(b) if isinstance(b, (list, tuple)) else b)
+
+    @staticmethod
+    def sum_squares(a):
+        import torch
+
+        flat = torch.cat([t.reshape(-1) for t in a])
+        return torch.dot(flat, flat)
+
+
+each = _TorchEachOps if BACKEND == "torch" else _EachOps
 
 
 def check_jit_compile(jit_compile):

@@ -67,21 +67,22 @@ class TwinStep:
         positions = state.active()
         per_twin = state.values(positions)
         anchors = state.anchors(positions)
-        updates, coefficients = [], {}
+        by_dtype = {}  # the weights of each compute dtype, stepped together (one coefficient set per dtype)
+        for i, variable in enumerate(per_twin[0]):
+            dtype = penalties_lib.compute_dtype(variable.dtype)
+            by_dtype.setdefault(dtype, []).append(i)
+        updates = []
         with step_lib.no_grad():
-            for i in range(len(positions)):
-                variables = [ws[i] for ws in per_twin]
-                values = [ops.convert_to_tensor(v) for v in variables]
-                dtype = penalties_lib.compute_dtype(values[0].dtype)
-                if dtype not in coefficients:  # once per step and dtype, not per weight
-                    coefficients[dtype] = penalties_lib.proximal_coefficients(
-                        gamma, self.homotopy_l, self.num_groups, dtype)
-                free = [ms[0] for ms in state.masks([positions[i]], dtype)]
-                anchor = None if anchors is None else ops.convert_to_tensor(anchors[i])
-                new = penalties_lib.proximal_update(values, free, gamma, self.homotopy_l, anchor, coefficients[dtype])
-                if updated is not None:
-                    new = [ops.where(updated, n, v) for n, v in zip(new, values)]
-                updates += zip(variables, new)
+            for dtype, rows in by_dtype.items():
+                coefficients = penalties_lib.proximal_coefficients(gamma, self.homotopy_l, self.num_groups, dtype)
+                variables = [[ws[i] for i in rows] for ws in per_twin]
+                free = state.masks([positions[i] for i in rows], dtype)
+                new = penalties_lib.proximal_update_weights(
+                    variables, free, None if anchors is None else [anchors[i] for i in rows], coefficients)
+                for vs, ns in zip(variables, new):
+                    if updated is not None:  # the optimizer skipped this step: leave the weights as they are
+                        ns = [ops.where(updated, n, ops.cast(v, n.dtype)) for n, v in zip(ns, vs)]
+                    updates += zip(vs, ns)
         step_lib.assign_all(updates)
 
 

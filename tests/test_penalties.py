@@ -6,9 +6,9 @@ import pytest
 
 import keras
 from conftest import gradients
-from reference import proximal_solve
+from reference import proximal_solve, proximal_solve_twins
 from keras import ops
-from keras_hta.penalties import homotopy_penalties, proximal_update
+from keras_hta.penalties import homotopy_penalties, proximal_coefficients, proximal_update, proximal_update_weights
 
 _np = ops.convert_to_numpy
 
@@ -150,6 +150,30 @@ def test_proximal_update_float32_equals_a_float64_solve_over_the_whole_range(m, 
             worst = max(worst, error)
             assert error <= 1e-6, f"c={c:g}, L={L:g}: relative error {error:.3g}"
     assert worst > 0  # the comparison saw float32 rounding, not two float64 evaluations
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("with_anchor", [False, True])
+def test_proximal_update_of_many_weights_at_once_equals_a_float64_solve(m, with_anchor):
+    # The step's form: every weight of a step in one call (on PyTorch one foreach operation per
+    # list), weights of different shapes, masks of full shape and broadcast per channel.
+    rng = np.random.default_rng(m)
+    shapes = [(3, 3, 2, 4), (4,), (5, 2)]
+    groups = [rng.integers(0, m, size=(1, 1, 1, 4)), rng.integers(0, m, size=(4,)), rng.integers(0, m, size=(5, 2))]
+    twins = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(m)]
+    anchors = [rng.normal(size=s).astype("float32") for s in shapes] if with_anchor else None
+    gamma, L = 0.3, 0.7
+    got = proximal_update_weights(
+        [[_t(w) for w in ws] for ws in twins],
+        [[_t((g == k).astype("float32")) for g in groups] for k in range(m)],
+        None if anchors is None else [_t(a) for a in anchors],
+        proximal_coefficients(gamma, L, m))
+    want = proximal_solve_twins(twins, [[(g != k).astype("float64") for g in groups] for k in range(m)],
+                                anchors, gamma, float(np.float32(L)))
+    for k in range(m):
+        for g, w in zip(got[k], want[k]):
+            assert tuple(g.shape) == w.shape
+            np.testing.assert_allclose(_np(g), w, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
