@@ -1,7 +1,7 @@
 """keras-hta: the Homotopy Training Algorithm for Keras 3.
 
 The library: `HomotopyModel`, the L `schedules`, `HomotopyScheduler`,
-`merge` / `recompute_batchnorm`, `export_saved_model` and
+`merge` / `recompute_batchnorm`, `export_model` / `export_saved_model` and
 `multi_worker_strategy`; `keras_hta.tuning.HomotopyHyperModel` (needs
 keras-tuner) is imported from its module. The paper's experiment harness
 lives in `keras_hta.experiments` and is never imported from here.
@@ -13,6 +13,7 @@ import sys as _sys
 __version__ = "0.3.0"
 
 __all__ = [
+    "export_model",
     "export_saved_model",
     "HomotopyModel",
     "HomotopyScheduler",
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "export_model": "keras_hta.export",
     "export_saved_model": "keras_hta.export",
     "HomotopyModel": "keras_hta.homotopy_model",
     "HomotopyScheduler": "keras_hta.homotopy_scheduler",
@@ -53,7 +55,7 @@ def __getattr__(name):
 # library imports without TensorFlow on the JAX and PyTorch backends.
 if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "keras-hta":
     from keras_hta import schedules
-    from keras_hta.export import export_saved_model
+    from keras_hta.export import export_model, export_saved_model
     from keras_hta.homotopy_model import HomotopyModel
     from keras_hta.homotopy_scheduler import HomotopyScheduler
     from keras_hta.merge import merge, recompute_batchnorm

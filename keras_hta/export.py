@@ -1,35 +1,92 @@
-"""Exporting a trained `HomotopyModel` as a TF SavedModel for serving."""
+"""Exporting a trained `HomotopyModel`'s merged network for serving, in the formats Keras' `model.export` offers."""
 
+import numpy as np
+
+import keras
 from keras_hta import step as step_lib
 from keras_hta.merge import merge
 
 
-def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=False):
-    """Writes a TF SavedModel of the merged network, ready for TF Serving.
+def export_model(model, path, format=None, how="theta", recompute_bn=None, verbose=False, **kwargs):
+    """Writes the merged network in one of the formats of Keras' `model.export`.
 
-    The SavedModel holds only the plain network's variables (no twin,
-    anchor, mask or L), has a `serve` endpoint (also the
-    `serving_default` signature) whose inputs carry the network's input
-    names, and loads with `tf.saved_model.load` without keras-hta. It is
-    Keras' own `model.export(path, format="tf_saved_model")` of the merged
-    network, so it needs TensorFlow installed: on the TensorFlow backend, and
-    on JAX (Keras converts the JAX functions). On PyTorch Keras cannot write
-    a SavedModel; save the model (`model.save("m.keras")`, which loads on
-    every backend) and export it on TensorFlow or JAX, or export the merged
-    network in another format Keras offers there (`merge(model).export(path,
-    format="onnx")` with the `onnx` package).
+    The merged network (see `keras_hta.merge`) holds no twin, anchor, mask
+    or L; it is called once on a zero batch, as some formats (ONNX) require
+    of a model, and then exported with Keras' own
+    `model.export(path, format=format)`. What each format needs on each
+    backend (`keras_hta.step.EXPORT_NEEDS`) is checked first: a format Keras
+    does not offer on this backend, or a missing package, is refused in one
+    line naming what to install, before anything is merged or written.
+
+    | format | TensorFlow | JAX | PyTorch |
+    |---|---|---|---|
+    | `"tf_saved_model"` | yes | with TensorFlow | no |
+    | `"onnx"` | tf2onnx, onnx | jax2onnx | onnx, onnxscript |
+    | `"openvino"` | openvino | openvino | openvino |
+    | `"litert"` | yes | no | litert-torch |
+    | `"torch"` (a `torch.export` program, `.pt2`) | no | no | yes |
 
     Args:
         model: A `keras_hta.HomotopyModel`.
-        path: String, the SavedModel directory to write.
+        path: String, where to write (a folder for `"tf_saved_model"`, a
+            file for the others, e.g. `"model.onnx"`, `"model.pt2"`).
+        format: One of the formats above; default (`None`) `"torch"` on
+            PyTorch, `"tf_saved_model"` elsewhere.
         how: `"theta"` (default), `"eta"`, a twin index or `"average"`,
             as in `keras_hta.merge`.
         recompute_bn: Optional data set to recompute BatchNorm statistics
             from (see `keras_hta.merge`), advisable with `"average"`.
         verbose: Boolean, print Keras' export summary.
+        **kwargs: Passed on to Keras' `model.export` (e.g. `opset_version`).
 
     Returns:
         The merged plain `keras.Model` that was exported.
+
+    Raises:
+        ValueError: a format Keras does not export on this backend.
+        ImportError: a package the format needs here is not installed.
+
+    Example:
+
+    ```python
+    import numpy as np, keras
+    import keras_hta
+
+    inputs = keras.Input((4,))
+    model = keras_hta.HomotopyModel(inputs, keras.layers.Dense(2)(inputs))
+    model.compile("sgd", "mse")
+    model.fit(np.ones((8, 4)), np.zeros((8, 2)), verbose=0)
+    if keras.backend.backend() == "torch":
+        keras_hta.export_model(model, "model.pt2")     # torch.export.load("model.pt2")
+    ```
+    """
+    problem = step_lib.export_problem("export_model", step_lib.default_export_format() if format is None
+                                      else format)
+    if problem is not None:
+        raise problem
+    format = step_lib.default_export_format() if format is None else format
+    plain = merge(model, how=how, recompute_bn=recompute_bn)
+    _call_once(plain)
+    plain.export(str(path), format=format, verbose=verbose, **kwargs)
+    return plain
+
+
+def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=False):
+    """Writes a TF SavedModel of the merged network, ready for TF Serving.
+
+    `keras_hta.export_model(model, path, format="tf_saved_model")`: the SavedModel
+    holds only the plain network's variables (no twin, anchor, mask or L),
+    has a `serve` endpoint (also the `serving_default` signature) whose
+    inputs carry the network's input names, and loads with
+    `tf.saved_model.load` without keras-hta. It needs TensorFlow installed:
+    on the TensorFlow backend, and on JAX (Keras converts the JAX
+    functions). On PyTorch Keras cannot write a SavedModel: use
+    `keras_hta.export_model(model, "model.pt2")` there (or `format="onnx"`), or
+    save the model (`model.save("m.keras")`, which loads on every backend)
+    and export it on TensorFlow or JAX.
+
+    Args and return value: as `export_model`'s, `path` being the SavedModel
+    directory to write.
 
     Raises:
         ImportError: TensorFlow is not installed.
@@ -43,9 +100,17 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     predictions = served.serve(images)
     ```
     """
-    problem = step_lib.saved_model_problem("export_saved_model")
+    problem = step_lib.export_problem("export_saved_model", "tf_saved_model")
     if problem is not None:
         raise problem
-    plain = merge(model, how=how, recompute_bn=recompute_bn)
-    plain.export(str(path), format="tf_saved_model", verbose=verbose)
-    return plain
+    return export_model(model, path, "tf_saved_model", how=how, recompute_bn=recompute_bn, verbose=verbose)
+
+
+def _call_once(plain):
+    """Calls a network with known inputs once on a batch of zeros (unknown sizes: 1)."""
+    inputs = getattr(plain, "inputs", None)
+    if not inputs:
+        return
+    zeros = [np.zeros([1 if d is None else d for d in t.shape], keras.backend.standardize_dtype(t.dtype))
+             for t in inputs]
+    plain(keras.tree.pack_sequence_as(plain.input, zeros), training=False)

@@ -19,7 +19,7 @@ updates the metrics. What differs per backend, and lives here:
   current when the model was built) and how the proximal step's values are
   assigned: under a `tf.distribute` strategy once per device in the
   cross-replica context, on PyTorch outside autograd;
-- what `jit_compile` and SavedModel export each backend supports;
+- what `jit_compile` and each export format need on each backend;
 - how the proximal update's elementwise arithmetic runs over all weights
   (`each`): one `torch._foreach_*` call per operation on PyTorch, as Keras'
   own PyTorch optimizers step, instead of one eager operation per weight;
@@ -176,16 +176,43 @@ def portable_jit_compile(config):
     return config
 
 
-def saved_model_problem(caller):
-    """The error to raise when `caller` cannot write a TF SavedModel on this backend, or `None`."""
-    if BACKEND == "torch":
+# What each export format of Keras' `model.export` needs beside Keras, per backend: (module, pip package).
+# A backend missing from a format's entry is one Keras does not export that format from.
+EXPORT_NEEDS = {
+    "tf_saved_model": {"tensorflow": (), "jax": (("tensorflow", "tensorflow-cpu"),)},
+    "onnx": {"tensorflow": (("tf2onnx", "tf2onnx"), ("onnx", "onnx")), "jax": (("jax2onnx", "jax2onnx"),),
+             "torch": (("onnx", "onnx"), ("onnxscript", "onnxscript"))},
+    "openvino": {b: (("openvino", "openvino"),) for b in ("tensorflow", "jax", "torch")},
+    "litert": {"tensorflow": (), "torch": (("litert_torch", "litert-torch"),)},
+    "torch": {"torch": ()},
+}
+
+
+def default_export_format():
+    """The format `keras_hta.export_model` writes by default: a PyTorch ExportedProgram on PyTorch, else a TF SavedModel."""
+    return "torch" if BACKEND == "torch" else "tf_saved_model"
+
+
+def export_problem(caller, format):
+    """The error to raise when `caller` cannot export `format` on this backend, in one line, or `None`.
+
+    Names the packages to install for this backend when only they are missing.
+    """
+    if format not in EXPORT_NEEDS:
+        return ValueError(f"{caller}: argument `format` must be one of {tuple(EXPORT_NEEDS)}. "
+                          f"Received: format={format!r}")
+    needs = EXPORT_NEEDS[format].get(BACKEND)
+    if needs is None:
+        offered = [f for f, per_backend in EXPORT_NEEDS.items() if BACKEND in per_backend]
+        where = ", ".join(sorted(EXPORT_NEEDS[format]))
         return ValueError(
-            f"{caller}: Keras cannot write a TF SavedModel on the torch backend. Save the model "
-            "(model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow or jax (`keras-hta export "
-            "m.keras DIR`), or use keras_hta.merge(model).export(path, format='onnx').")
-    if importlib.util.find_spec("tensorflow") is None:
-        return ImportError(
-            f"{caller} needs TensorFlow, also on the {BACKEND} backend: pip install tensorflow-cpu (or tensorflow).")
+            f"{caller}: Keras exports format={format!r} on the {where} backend(s), not on {BACKEND}. Received: "
+            f"format={format!r} with KERAS_BACKEND={BACKEND}. On {BACKEND}: one of {offered}; or save the model "
+            "(model.save('m.keras'), which loads on every backend) and export it on another backend.")
+    missing = [package for module, package in needs if importlib.util.find_spec(module) is None]
+    if missing:
+        return ImportError(f"{caller}: format={format!r} on the {BACKEND} backend needs "
+                           f"{', '.join(missing)}: pip install {' '.join(missing)}")
     return None
 
 

@@ -166,9 +166,49 @@ def test_export_saved_model_on_torch_says_what_to_do(tmp_path):
     if BACKEND != "torch":
         pytest.skip("the torch backend: tests/test_export.py exports on the others")
     model = hta.HomotopyModel.from_model(dense_network())
-    with pytest.raises(ValueError, match="torch backend.*KERAS_BACKEND=tensorflow or jax"):
+    with pytest.raises(ValueError, match="not on torch.*model.save.*export it on another backend"):
         hta.export_saved_model(model, tmp_path / "served")
     assert not (tmp_path / "served").exists()
+
+
+def test_export_model_on_torch_writes_a_torch_program_that_predicts_as_theta(tmp_path):
+    if BACKEND != "torch":
+        pytest.skip("format='torch' is PyTorch's (tests/test_export.py: the SavedModel elsewhere)")
+    import torch
+
+    x, y = regression_data(n=16)
+    model = hta.HomotopyModel.from_model(dense_network(hidden=6, batch_norm=True), homotopy_l=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # The default format here; a batch of any size as Keras' torch export takes it (its default: 1).
+    plain = hta.export_model(model, tmp_path / "model.pt2", dynamic_shapes={0: torch.export.Dim("batch", max=1024)})
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    served = program(torch.as_tensor(x)).detach().numpy()
+    want = model.predict(x, verbose=0)
+    assert served.shape == want.shape == (16, y.shape[1])
+    np.testing.assert_allclose(served, want, atol=1e-6)
+    assert len(plain.weights) == len(model.network.weights)
+
+
+def test_export_model_refuses_in_one_line_before_merging_or_writing(tmp_path):
+    from keras_hta.step import EXPORT_NEEDS
+
+    model = hta.HomotopyModel.from_model(dense_network())
+    refused = {"h5": (ValueError, "must be one of")}
+    elsewhere = [f for f, backends in EXPORT_NEEDS.items() if BACKEND not in backends]
+    refused[elsewhere[0]] = (ValueError, f"not on {BACKEND}")  # every backend lacks one format
+    missing = [(f, [p for m, p in needs if importlib.util.find_spec(m) is None])
+               for f, backends in EXPORT_NEEDS.items() for b, needs in backends.items() if b == BACKEND]
+    missing = [(f, packages) for f, packages in missing if packages]
+    if missing:  # e.g. openvino: named with the pip line for this backend
+        fmt, packages = missing[0]
+        refused[fmt] = (ImportError, "pip install " + " ".join(packages))
+    for fmt, (error, words) in refused.items():
+        with pytest.raises(error) as raised:
+            hta.export_model(model, tmp_path / "out", format=fmt)
+        message = str(raised.value)
+        assert words in message and "\n" not in message and message.startswith("export_model:"), message
+        assert not (tmp_path / "out").exists()
 
 
 def test_jit_compile_on_torch_is_refused_at_compile():

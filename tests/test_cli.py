@@ -2,19 +2,22 @@
 
 import json
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from keras_hta.experiments import cli
 from test_data import make_folder
-from conftest import communicate_bounded
+from conftest import communicate_bounded, run_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
 
 BASE = ["--epochs", "1", "--seeds", "0", "--verbose", "0"]
 TINY = BASE + ["--train-size", "256", "--test-size", "128"]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _png(path):
@@ -33,6 +36,15 @@ def test_compare_writes_json_markdown_and_plot_then_resumes(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| Model | Original error rate | Error rate with HTA | Rate of improvement |" in table
     assert f"{s['hta']['error_mean']:.2f}%" in table
+    import importlib.metadata
+    import keras
+
+    for run in result["runs"]:  # what produced each run: versions, Python, threads, the command
+        p = run["provenance"]
+        assert p["versions"]["keras"] == keras.__version__ and p["versions"]["numpy"] == np.__version__
+        assert p["versions"]["mnist1d"] == importlib.metadata.version("mnist1d")
+        assert p["cpus"]["usable"] == len(os.sched_getaffinity(0)) and p["command"].startswith("keras-hta compare")
+    assert f"Produced with keras {keras.__version__}" in table and "(2 of 2 runs record it)" in table
     assert _png(out / "val_error.png")
     capsys.readouterr()
     cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
@@ -65,12 +77,29 @@ def test_bad_arguments_exit_with_a_message(tmp_path, capsys):
 
 
 def test_nonconvex_table_json_and_figure(tmp_path, capsys):
+    from keras_hta.experiments import nonconvex
+
     cli.main(["nonconvex", "--n", "2", "--workers", "1", "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "f.png")])
     out = capsys.readouterr().out
-    assert "| 2 | 36 | 24 | 24 | 25 | 24 | 36 |" in out
-    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
-    assert rows[0]["bfgs"] == 24 and rows[0]["homotopy_zeros"] == 25
+    assert "| 2 | 36 | zeros | 24 | 24 | 25 | 36 | 36 | 24 | 36 |" in out
+    assert "| 2 | 36 | init | 24 | 24 | 24 | 24 | 24 | 24 | 36 |" in out
+    result = json.loads((tmp_path / "t.json").read_text())
+    rows = result["rows"]
+    assert rows[0]["bfgs"] == 24 and rows[0]["homotopy_zeros"] == 25 and rows[0]["homotopy_decoupled_zeros"] == 36
+    assert nonconvex.render_table1(result) in out  # what it printed is what the JSON renders to
+    assert result["provenance"]["command"].startswith("keras-hta nonconvex --n 2")
+    assert {"keras", "numpy", "scipy"} <= set(result["provenance"]["versions"])
     assert _png(tmp_path / "f.png")
+
+
+def test_nonconvex_pool_workers_end_without_a_traceback(tmp_path):
+    # Forked workers inherit the command's SIGTERM handler; the pool ends them with SIGTERM.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    out = run_bounded([sys.executable, "-m", "keras_hta.experiments.cli", "nonconvex", "--n", "3", "--grid", "0", "2", "4", "5", "--workers", "2",
+                       "--anchors", "zeros"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "| 3 | 64 | zeros |" in out.stdout
 
 
 def test_tune_prints_trials_and_best_schedule(tmp_path, capsys):

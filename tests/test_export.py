@@ -18,7 +18,7 @@ from conftest import BACKEND, dense_network, regression_data, run_bounded
 @pytest.fixture(autouse=True)
 def _needs_a_backend_that_exports():
     if BACKEND == "torch":
-        pytest.skip("no SavedModel export on the torch backend: test_export_on_torch_says_what_to_do")
+        pytest.skip("no SavedModel export on the torch backend: test_backends.py's export tests on torch")
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("SavedModel export needs TensorFlow installed")
 

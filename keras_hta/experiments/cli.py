@@ -49,14 +49,14 @@ def _nonconvex_parser(sub):
 
 def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
     done = 0
-    for method, anchor in arms:
+    for method, anchor, start in arms:
         t = time.perf_counter()
         ok = nonconvex.count_global_minima(
             starts, method, schedule, anchor, workers=workers,
-            progress=lambda k, base=done: bar.update(base + k),
+            progress=lambda k, base=done: bar.update(base + k), start=start,
         )
         done += len(starts)
-        key = "bfgs" if method == "bfgs" else f"homotopy_{anchor}"
+        key = nonconvex.arm_key(method, anchor, start)
         row[key] = int(ok.sum())
         row[f"{key}_seconds"] = round(time.perf_counter() - t, 2)
     bar.update(done, finalize=True)
@@ -93,7 +93,7 @@ def run_nonconvex(args):
     for n in args.n:
         starts = nonconvex.paper_starts(n, args.grid)
         row = {"n": n, "starts": len(starts), "grid": sorted(set(starts[:, 0].tolist()))}
-        arms = [("bfgs", None)] + [("homotopy", a) for a in args.anchors]
+        arms = nonconvex.arms(args.anchors)
         # A bar on a terminal; in a log file, one line at the end (no escape codes).
         bar = keras.utils.Progbar(len(starts) * len(arms), stateful_metrics=None, verbose=1 if sys.stderr.isatty() else 2)
         print(f"n={n}: {len(starts)} starts x {len(arms)} solvers", file=sys.stderr)
@@ -104,19 +104,17 @@ def run_nonconvex(args):
         row["paper_homotopy"] = paper["homotopy"] if paper else None
         rows.append(row)
 
-    anchors = [f"homotopy_{a}" for a in args.anchors]
-    header = ["n", "starts", "BFGS", "BFGS (paper)"] + [f"homotopy, anchor={a}" for a in args.anchors] + ["homotopy (paper)", "wall s"]
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        wall = sum(v for k, v in r.items() if k.endswith("_seconds"))
-        cells = [r["n"], r["starts"], r["bfgs"], r["paper_bfgs"] or "-"] + [r[a] for a in anchors] + [r["paper_homotopy"] or "-", f"{wall:.1f}"]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
-    print(f"\nsuccess: ||x - 1||_inf < {nonconvex.SUCCESS_TOL}; L schedule {schedule}")
+    from keras_hta.experiments.provenance import record
+
+    result = {"schedule": schedule.get_config(), "anchors": [str(a) for a in args.anchors], "rows": rows,
+              "provenance": record(getattr(args, "command_line", None))}
+    print("\n" + nonconvex.render_table1(result), end="")
+    walls = ", ".join(f"n={r['n']} {sum(v for k, v in r.items() if k.endswith('_seconds')):.1f} s" for r in rows)
+    print(f"\nsuccess: ||x - 1||_inf < {nonconvex.SUCCESS_TOL}; L schedule {schedule}; wall time {walls}")
     if args.json:
         from keras_hta.experiments import write_atomic
 
-        write_atomic(args.json, lambda f: json.dump({"schedule": schedule.get_config(), "rows": rows}, f, indent=2))
+        write_atomic(args.json, lambda f: json.dump(result, f, indent=2))
     if args.plot:
         from keras_hta.experiments.plots import plot_nonconvex
 

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from keras_hta.experiments import provenance
+
 ARMS = ("sgd", "hta", "hta_l2", "hta_split", "sgd_ema")
 ARM_LABELS = {"sgd": "SGD", "hta": "HTA", "hta_l2": "HTA (l2, gradient step)", "hta_split": "HTA (twin_batch=split)",
               "sgd_ema": "SGD + EMA"}
@@ -366,10 +368,28 @@ def summarize(runs):
     return summary
 
 
+def describe_provenance(runs):
+    """One line per distinct environment the runs came from (versions, Python, CPUs), or none for older runs."""
+    seen = []
+    for r in runs or []:
+        p = r.get("provenance") if isinstance(r, dict) else None
+        if not p:
+            continue
+        line = ("Produced with " + ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
+                + f"; Python {p.get('python')}; {(p.get('cpus') or {}).get('usable')} usable CPUs of "
+                f"{(p.get('cpus') or {}).get('machine')}")
+        if line not in seen:
+            seen.append(line)
+    return seen
+
+
 def markdown(config, summary, command, runs=None):
     name = config["model"] + (f" (width {config['width']:g})" if config["width"] != 1 else "")
     s, h = summary.get("sgd"), summary.get("hta")
-    lines = [f"Command: `{command}`", "", f"Data: {config['dataset']}; {config['epochs']} epochs; "
+    produced = describe_provenance(runs)
+    lines = [f"Command: `{command}`", ""] + ([f"{line} ({sum(1 for r in runs if r.get('provenance'))} of "
+                                              f"{len(runs)} runs record it)." for line in produced] + [""]
+                                             if produced else []) + [f"Data: {config['dataset']}; {config['epochs']} epochs; "
              f"validation {config['val_size']:g} held out of train; "
              f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs each; "
              f"norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, "
@@ -574,6 +594,7 @@ def run_compare(args, command=None):
                 d = load_data(config, args.tfds_dir, args.cache_dir)
             print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==", flush=True)
             run = train_one(config, arm, seed, d, verbose, args.multi_worker)
+            run["provenance"] = provenance.record(command)  # versions, Python, threads, load: per run
             os.makedirs(args.out, exist_ok=True)  # only once a run has finished: a failed start leaves nothing
             runs[:] = save_runs(path, runs + [run], {"command": command})  # saved run by run
     # The file keeps every finished run; the summary covers this call's configuration, seeds and arms.

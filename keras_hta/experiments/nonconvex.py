@@ -10,6 +10,14 @@ The homotopy quasi-Newton method minimises, for each L of a schedule,
 
 (x₁ the first ⌈n/2⌉ coordinates, y₂ the rest), warm-started from the last L,
 and ends with a plain solve of f from x.
+
+Two readings of where the twins start (`start=`): `"initial"`, both at the
+initial guess; `"decoupled"`, the paper's first step (§1 eq. 2, §4.1 eq. 37):
+the two half-problems with the anchored half held at the anchor are solved
+first, and the L path starts from their solutions. `method="control"` is
+plain BFGS from the initial guess with x's anchored half set to the anchor and
+no homotopy at all: what the anchor's position alone does (with the anchor at
+the initial guess it is plain BFGS itself).
 """
 
 import numpy as np
@@ -50,6 +58,8 @@ PAPER_TABLE1 = {
     6: {"grid": [3, 4, 5, 6], "homotopy": 4096, "bfgs": 991},
 }
 ANCHORS = ("zeros", "init")
+STARTS = ("initial", "decoupled")
+METHODS = ("bfgs", "homotopy", "control", "control_second_half")
 SUCCESS_TOL = 1e-3
 
 
@@ -121,6 +131,52 @@ def _anchor_point(anchor, x0):
     return point
 
 
+def _minimise_part(x, free):
+    """`x` with the coordinates `free` (a slice) moved to a BFGS minimum of f, the others held."""
+    if free.start == free.stop:
+        return x
+
+    def part(v):
+        z = x.copy()
+        z[free] = v
+        return function(z), gradient(z)[free]
+
+    out = x.copy()
+    out[free] = optimize.minimize(part, x[free], jac=True, method="BFGS").x
+    return out
+
+
+def solve_decoupled(x0, anchor="zeros"):
+    """The paper's first step (§1 eq. 2; eq. 37, F at L → ∞): the two decoupled half-problems.
+
+    x holds its first ⌈n/2⌉ coordinates at the anchor and minimises f over
+    the rest from x0's; y holds its last coordinates at the anchor and
+    minimises over its first ⌈n/2⌉ from x0's.
+
+    Returns:
+        `(x, y)`, two arrays of shape (n,).
+    """
+    x0 = np.asarray(x0, float)
+    point = _anchor_point(anchor, x0)
+    n1, n = (len(x0) + 1) // 2, len(x0)
+    x = np.concatenate([point[:n1], x0[n1:]])
+    y = np.concatenate([x0[:n1], point[n1:]])
+    return _minimise_part(x, slice(n1, n)), _minimise_part(y, slice(0, n1))
+
+
+def solve_control(x0, anchor="zeros", path=None, half="first"):
+    """Plain BFGS from x0 with x's anchored coordinates (the first ⌈n/2⌉) set to the anchor; no homotopy.
+
+    `half="second"` sets y's anchored coordinates (the rest) instead. With
+    `anchor="init"` either is `solve_bfgs(x0)`.
+    """
+    x0 = np.asarray(x0, float)
+    point = _anchor_point(anchor, x0)
+    n1 = (len(x0) + 1) // 2
+    start = np.concatenate([point[:n1], x0[n1:]] if half == "first" else [x0[:n1], point[n1:]])
+    return solve_bfgs(start, path)
+
+
 def homotopy_objective(z, L, anchor, n1):
     """F(x, y; L) of eq. (35) and its gradient, z = (x, y)."""
     n = len(anchor)
@@ -133,13 +189,14 @@ def homotopy_objective(z, L, anchor, n1):
     return value, np.concatenate([gx, gy])
 
 
-def solve_homotopy(x0, schedule=None, anchor="zeros", steps=None, final=True, path=None):
+def solve_homotopy(x0, schedule=None, anchor="zeros", steps=None, final=True, path=None, start="initial"):
     """Homotopy quasi-Newton (eq. 35) from `x0`.
 
-    Twins x and y start at `x0`; x is anchored on its first ⌈n/2⌉
-    coordinates, y on the rest. For each L of `schedule` (default: the
-    paper's 0.9 → 0.1 by 0.1) F is minimised by BFGS, warm-started from the
-    last L; then f is minimised from x.
+    x is anchored on its first ⌈n/2⌉ coordinates, y on the rest. The twins
+    start at `x0` (`start="initial"`) or at the solutions of the decoupled
+    half-problems (`start="decoupled"`, the paper's procedure). For each L of
+    `schedule` (default: the paper's 0.9 → 0.1 by 0.1) F is minimised by
+    BFGS, warm-started from the last L; then f is minimised from x.
 
     Args:
         x0: Array of shape (n,), the initial guess.
@@ -153,18 +210,21 @@ def solve_homotopy(x0, schedule=None, anchor="zeros", steps=None, final=True, pa
             without a `stop`.
         final: Boolean, end with a plain BFGS solve of f from x.
         path: List or `None`; if given, x of every iterate is appended.
+        start: `"initial"` (default) or `"decoupled"`, where the twins start.
 
     Returns:
         The final x, an array of shape (n,).
     """
     from keras_hta import schedules as schedules_lib
 
+    if start not in STARTS:
+        raise ValueError(f"Argument `start` must be one of {STARTS}. Received: start={start!r}")
     x0 = np.asarray(x0, float)
     schedule = schedules_lib.Linear(0.9, 0.1, -0.1) if schedule is None else schedule
     point = _anchor_point(anchor, x0)
     n1 = (len(x0) + 1) // 2
     n = len(x0)
-    z = np.concatenate([x0, x0])
+    z = np.concatenate([x0, x0] if start == "initial" else solve_decoupled(x0, point))
     callback = None if path is None else (lambda zk: path.append(np.copy(zk[:n])))
     if path is not None:
         path.append(x0.copy())
@@ -177,18 +237,39 @@ def solve_homotopy(x0, schedule=None, anchor="zeros", steps=None, final=True, pa
 
 
 def _solve_start(job):
-    method, x0, schedule, anchor = job
-    x = solve_bfgs(x0) if method == "bfgs" else solve_homotopy(x0, schedule, anchor)
+    method, x0, schedule, anchor, start = job
+    if method == "bfgs":
+        x = solve_bfgs(x0)
+    elif method.startswith("control"):
+        x = solve_control(x0, anchor, half="first" if method == "control" else "second")
+    else:
+        x = solve_homotopy(x0, schedule, anchor, start=start)
     return bool(is_global_minimum(x))
 
 
-def count_global_minima(starts, method="bfgs", schedule=None, anchor="zeros", workers=None, progress=None):
+def _quiet_worker():
+    """A pool worker leaves Ctrl-C to the parent, and ends without a word when the pool terminates it.
+
+    Forked workers inherit the command's handlers, which turn SIGTERM into the
+    command's one-line exit: in a worker that would print a traceback each
+    time the pool closes.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def count_global_minima(starts, method="bfgs", schedule=None, anchor="zeros", workers=None, progress=None,
+                        start="initial"):
     """Counts the starts from which a solver reaches the global minimum.
 
     Args:
         starts: Array of shape (num_starts, n).
-        method: `"bfgs"` or `"homotopy"`.
-        schedule, anchor: For `"homotopy"`, as in `solve_homotopy`.
+        method: `"bfgs"`, `"homotopy"`, `"control"` or `"control_second_half"`
+            (`solve_control` with `half="first"` or `"second"`).
+        schedule, anchor, start: As in `solve_homotopy` (`anchor` also for
+            `"control"`).
         workers: Integer or `None` (all CPUs): processes to solve in.
         progress: Callable `done -> None` or `None`, called as starts finish.
 
@@ -198,9 +279,11 @@ def count_global_minima(starts, method="bfgs", schedule=None, anchor="zeros", wo
     import multiprocessing
     import os
 
-    if method not in ("bfgs", "homotopy"):
-        raise ValueError(f"Argument `method` must be 'bfgs' or 'homotopy'. Received: method={method!r}")
-    jobs = [(method, s, schedule, anchor) for s in np.asarray(starts, float)]
+    if method not in METHODS:
+        raise ValueError(f"Argument `method` must be one of {METHODS}. Received: method={method!r}")
+    if start not in STARTS:
+        raise ValueError(f"Argument `start` must be one of {STARTS}. Received: start={start!r}")
+    jobs = [(method, s, schedule, anchor, start) for s in np.asarray(starts, float)]
     workers = workers or os.cpu_count() or 1
     results = []
     if workers == 1 or len(jobs) < 64:
@@ -209,9 +292,53 @@ def count_global_minima(starts, method="bfgs", schedule=None, anchor="zeros", wo
             if progress:
                 progress(len(results))
         return np.array(results)
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
         for ok in pool.imap(_solve_start, jobs, chunksize=16):
             results.append(ok)
             if progress and len(results) % 16 == 0:
                 progress(len(results))
     return np.array(results)
+
+
+def arm_key(method, anchor=None, start="initial"):
+    """The results key of one solver arm: `bfgs`, `homotopy_zeros`, `homotopy_decoupled_zeros`, `control_zeros`, ..."""
+    if method == "bfgs":
+        return "bfgs"
+    if method == "homotopy" and start == "decoupled":
+        return f"homotopy_decoupled_{anchor}"
+    return f"{method}_{anchor}"
+
+
+def arms(anchors):
+    """`(method, anchor, start)` of every arm of Table 1 for `anchors`: BFGS, then per anchor both
+    homotopy readings and the two controls."""
+    out = [("bfgs", None, "initial")]
+    for a in anchors:
+        out += [("homotopy", a, "initial"), ("homotopy", a, "decoupled"), ("control", a, "initial"),
+                ("control_second_half", a, "initial")]
+    return out
+
+
+TABLE1_COLUMNS = (
+    ("BFGS", lambda r, a: r.get("bfgs")),
+    ("BFGS (paper)", lambda r, a: r.get("paper_bfgs")),
+    ("homotopy, twins at the start", lambda r, a: r.get(arm_key("homotopy", a))),
+    ("homotopy, decoupled solves first (the paper's §1)", lambda r, a: r.get(arm_key("homotopy", a, "decoupled"))),
+    ("control: BFGS, x's anchored half at the anchor", lambda r, a: r.get(arm_key("control", a))),
+    ("control: BFGS, y's anchored half at the anchor", lambda r, a: r.get(arm_key("control_second_half", a))),
+    ("homotopy (paper)", lambda r, a: r.get("paper_homotopy")),
+)
+
+
+def render_table1(result):
+    """Table 1 as markdown, one row per n and anchor, from the result `keras-hta nonconvex --json` writes."""
+    anchors = result.get("anchors") or sorted({k[len("homotopy_"):] for r in result["rows"] for k in r
+                                               if k.startswith("homotopy_") and not k.endswith("_seconds")
+                                               and not k.startswith("homotopy_decoupled_")})
+    header = ["n", "starts", "anchor"] + [name for name, _ in TABLE1_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result["rows"]:
+        for a in anchors:
+            cells = [row["n"], row["starts"], a] + [get(row, a) for _, get in TABLE1_COLUMNS]
+            lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
