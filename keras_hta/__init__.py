@@ -48,12 +48,15 @@ def __getattr__(name):
 
 # Imported at once, so that Keras finds the registered classes
 # ("keras_hta>HomotopyModel") when it loads a saved model after a plain
-# `import keras_hta`. Only the `keras-hta` command defers them (through
-# `__getattr__` above): it imports what each subcommand needs, so that
-# `keras-hta --help` answers without importing Keras. `multi_worker_strategy`
+# `import keras_hta`. Only the `keras-hta` command (or `python -m
+# keras_hta.experiments.cli`, during which `sys.argv[0]` is "-m" while the
+# package is imported) defers them (through `__getattr__` above): it imports
+# what each subcommand needs, so that `keras-hta --help` answers without
+# importing Keras, and `compare --threads` can set TensorFlow's threads
+# before TensorFlow starts. `multi_worker_strategy`
 # (TensorFlow's tf.distribute) is always imported on first use, so that the
 # library imports without TensorFlow on the JAX and PyTorch backends.
-if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "keras-hta":
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") not in ("keras-hta", "-m"):
     from keras_hta import schedules
     from keras_hta.export import export_model, export_saved_model
     from keras_hta.homotopy_model import HomotopyModel

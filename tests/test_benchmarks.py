@@ -170,3 +170,35 @@ def test_twin_cost_measures_every_case_and_renders_what_it_measured(tmp_path):
     vgg = {r["anchor"]: r["ratio"] for r in rows if r["case"] == "vgg11/8"}
     assert vgg["zeros"] == pytest.approx(2.0, abs=1e-5)  # everything trains: twice plain, up to L and the epoch
     assert saved["memory"]["versions"]["keras"] and saved["memory"]["cpus"] >= 1
+
+
+def test_table1_of_readme_and_results_renders_from_its_json():
+    """Table 1 (RESULTS §1, README) and the anchor study are `render_table1` of the committed JSON."""
+    from keras_hta.experiments import nonconvex
+
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    table1 = json.loads((ROOT / "benchmarks" / "results" / "nonconvex.json").read_text())
+    assert nonconvex.render_table1(table1).strip() in results
+    assert nonconvex.render_table1(table1).strip() in readme
+    anchors = json.loads((ROOT / "benchmarks" / "results" / "nonconvex_anchors.json").read_text())
+    assert nonconvex.render_table1(anchors).strip() in results
+    for result in (table1, anchors):  # what produced them
+        assert result["provenance"]["command"].startswith("keras-hta nonconvex")
+        assert {"keras", "numpy", "scipy"} <= set(result["provenance"]["versions"])
+
+
+def test_the_main_jobs_tables_in_results_render_from_their_json():
+    """RESULTS §3's tables of `keras-hta compare` and of its environments are rendered from the committed runs."""
+    from keras_hta.experiments import compare
+
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    saved = json.loads((ROOT / "benchmarks" / "results" / "compare-default" / "results.json").read_text())
+    rendered = compare.markdown(saved["config"], saved["summary"], saved["command"], saved["runs"])
+    tables = [block for block in rendered.split("\n\n") if block.startswith("| Model")]
+    assert len(tables) == 2 and all(table.strip() in results for table in tables)
+    main_job_env = _benchmark_module("main_job_env")
+    table = main_job_env.render(str(ROOT / "benchmarks" / "results" / "main-job-env"))
+    assert table.count("\n") == 8 and table.strip() in results  # 2 settings x 3 environments
+    for run in saved["runs"]:
+        assert run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"

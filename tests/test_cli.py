@@ -92,6 +92,27 @@ def test_nonconvex_table_json_and_figure(tmp_path, capsys):
     assert _png(tmp_path / "f.png")
 
 
+def test_compare_gives_the_same_runs_on_one_core_and_on_all(tmp_path):
+    # --threads 1 (the default) fixes TensorFlow's pools and kernels: the CPUs it may use change nothing.
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to pin to one")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND="tensorflow")
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "keras_hta.experiments.cli", "compare", "--model", "cnn1d", "--epochs", "2",
+               "--seeds", "0", "--verbose", "0", "--train-size", "512", "--test-size", "256"]
+    first = min(os.sched_getaffinity(0))
+    runs = {}
+    for name, prefix in (("all", []), ("one", ["taskset", "-c", str(first)])):
+        out = run_bounded(prefix + command + ["--out", str(tmp_path / name)], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())["runs"]
+    assert [r["provenance"]["cpus"]["usable"] for r in runs["one"]] == [1, 1]
+    assert runs["all"][0]["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
+    for a, b in zip(runs["all"], runs["one"]):
+        assert a["val_error"] == b["val_error"] and a["test_error"] == b["test_error"] and a["train_loss"] == b["train_loss"]
+
+
 def test_nonconvex_pool_workers_end_without_a_traceback(tmp_path):
     # Forked workers inherit the command's SIGTERM handler; the pool ends them with SIGTERM.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
@@ -222,6 +243,7 @@ def test_unreadable_results_file_is_named(tmp_path, capsys):
     (["--lr", "inf"], "--lr inf"),  # trained to NaN before, exit 0
     (["--weight-decay", "nan"], "--weight-decay nan"),
     (["--val-size", "inf"], "--val-size inf"),  # an OverflowError traceback before
+    (["--threads", "-1"], "--threads -1"),
 ])
 def test_every_flag_is_checked_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, flags, message):
     from keras_hta.experiments import compare

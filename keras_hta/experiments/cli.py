@@ -48,18 +48,24 @@ def _nonconvex_parser(sub):
 
 
 def _run_arms(nonconvex, starts, arms, schedule, workers, bar, row):
-    done = 0
+    done, shown = 0, [0]
+
+    def progress(k, base):
+        shown[0] = base + k
+        bar.update(shown[0])
+
     for method, anchor, start in arms:
         t = time.perf_counter()
         ok = nonconvex.count_global_minima(
             starts, method, schedule, anchor, workers=workers,
-            progress=lambda k, base=done: bar.update(base + k), start=start,
+            progress=lambda k, base=done: progress(k, base), start=start,
         )
         done += len(starts)
         key = nonconvex.arm_key(method, anchor, start)
         row[key] = int(ok.sum())
         row[f"{key}_seconds"] = round(time.perf_counter() - t, 2)
-    bar.update(done, finalize=True)
+    if shown[0] < done:  # reaching the total has already printed the bar's last line
+        bar.update(done, finalize=True)
 
 
 def _check_output_file(path, flag):

@@ -56,6 +56,10 @@ def add_compare_parser(sub):
                    help="what to train: sgd (required), hta, and also hta_l2 (the authors' form: l2 norms, explicit "
                         "gradient step), hta_split (each twin sees half of each batch) and sgd_ema (SGD with "
                         "Keras' use_ema=True)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="TensorFlow's intra- and inter-op threads, with deterministic ops and oneDNN's reordering "
+                        "off, so that a run gives the same numbers on any number of cores and under any load "
+                        "(0: TensorFlow's defaults, all cores, faster, numbers that move with cores and load)")
     p.add_argument("--out", default="compare_results", help="output folder")
     p.add_argument("--multi-worker", action="store_true",
                    help="train with MultiWorkerMirroredStrategy across the workers in TF_CONFIG "
@@ -101,7 +105,50 @@ def _config(args):
     seeds = getattr(args, "seeds", None) or []
     if any(s < 0 for s in seeds):
         raise ValueError(f"Argument `--seeds` must be >= 0. Received: --seeds {' '.join(map(str, seeds))}")
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 0:
+            raise ValueError(f"Argument `--threads` must be >= 0 (0: TensorFlow's defaults). Received: --threads {threads}")
+        config["threads"] = threads  # part of each run's key: numbers from other thread settings are not reused
     return config
+
+
+# What `--threads N` sets before TensorFlow starts: fixed thread pools, deterministic kernels, and oneDNN's
+# reordering of floating-point operations off. With these, `keras-hta compare`'s default gave identical
+# runs (every validation curve and test error) on 2 idle cores, pinned to one core and with both cores
+# busy (RESULTS §3); TensorFlow's defaults gave 11.93 / 12.87, 11.77 / 12.33 and 13.37 / 12.40 there.
+THREAD_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def fix_threads(threads):
+    """Fixes TensorFlow's threads and determinism for `--threads N` (N ≥ 1), before TensorFlow is imported.
+
+    Variables the user set are left alone. Where TensorFlow has started
+    already (the command called from Python after other TensorFlow work),
+    its thread pools cannot change: op determinism is still enabled, and the
+    thread counts in effect are what the run records.
+    """
+    if not threads:
+        return
+    for name, value in zip(THREAD_ENV, ("0", "1", str(threads), str(threads))):
+        os.environ.setdefault(name, value)
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        tf.config.experimental.enable_op_determinism()
+
+
+def thread_settings():
+    """The thread and determinism settings a run had: the variables above, and TensorFlow's pools if imported."""
+    import sys
+
+    settings = {name: os.environ.get(name) for name in THREAD_ENV}
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        settings["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+        settings["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    return settings
 
 
 def check_norm_flags(norm, penalty_update):
@@ -378,6 +425,9 @@ def describe_provenance(runs):
         line = ("Produced with " + ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
                 + f"; Python {p.get('python')}; {(p.get('cpus') or {}).get('usable')} usable CPUs of "
                 f"{(p.get('cpus') or {}).get('machine')}")
+        threads = p.get("threads") or {}
+        if threads:
+            line += "; " + ", ".join(f"{k}={threads.get(k)}" for k in THREAD_ENV if threads.get(k) is not None)
         if line not in seen:
             seen.append(line)
     return seen
@@ -565,7 +615,8 @@ def run_compare(args, command=None):
 
     config = _config(args)
     check_writable_folder(args.out)
-    import keras  # after the flags are checked
+    fix_threads(config.get("threads"))
+    import keras  # after the flags are checked, and the threads fixed
 
     config["backend"] = keras.backend.backend()  # recorded, and part of each run's key
     command = command or getattr(args, "command_line", None) or "keras-hta " + " ".join(sys.argv[1:])
@@ -594,7 +645,8 @@ def run_compare(args, command=None):
                 d = load_data(config, args.tfds_dir, args.cache_dir)
             print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==", flush=True)
             run = train_one(config, arm, seed, d, verbose, args.multi_worker)
-            run["provenance"] = provenance.record(command)  # versions, Python, threads, load: per run
+            run["provenance"] = provenance.record(command)  # versions, Python, CPUs, load: per run
+            run["provenance"]["threads"] = thread_settings()
             os.makedirs(args.out, exist_ok=True)  # only once a run has finished: a failed start leaves nothing
             runs[:] = save_runs(path, runs + [run], {"command": command})  # saved run by run
     # The file keeps every finished run; the summary covers this call's configuration, seeds and arms.
