@@ -243,6 +243,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # What results files record: the command as typed, or as a script passed it.
     args.command_line = "keras-hta " + " ".join(sys.argv[1:] if argv is None else argv)
+    # The command owns its process (it may set process-wide TensorFlow settings, `compare --threads`)
+    # only when run as a program, not when Python code calls main([...]).
+    args.own_process = argv is None
     from keras_hta.experiments import DataUnavailableError
 
     try:

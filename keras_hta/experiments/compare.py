@@ -58,8 +58,9 @@ def add_compare_parser(sub):
                         "Keras' use_ema=True)")
     p.add_argument("--threads", type=int, default=1,
                    help="TensorFlow's intra- and inter-op threads, with deterministic ops and oneDNN's reordering "
-                        "off, so that a run gives the same numbers on any number of cores and under any load "
-                        "(0: TensorFlow's defaults, all cores, faster, numbers that move with cores and load)")
+                        "off, so that a run gives the same numbers on one core or more and under load (0: "
+                        "TensorFlow's defaults: numbers that move with the cores and the load). Set when keras-hta "
+                        "runs as a command, before TensorFlow starts")
     p.add_argument("--out", default="compare_results", help="output folder")
     p.add_argument("--multi-worker", action="store_true",
                    help="train with MultiWorkerMirroredStrategy across the workers in TF_CONFIG "
@@ -123,20 +124,16 @@ THREAD_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_T
 def fix_threads(threads):
     """Fixes TensorFlow's threads and determinism for `--threads N` (N ≥ 1), before TensorFlow is imported.
 
-    Variables the user set are left alone. Where TensorFlow has started
-    already (the command called from Python after other TensorFlow work),
-    its thread pools cannot change: op determinism is still enabled, and the
-    thread counts in effect are what the run records.
+    Process-wide settings, made only where `keras-hta` runs as its own process
+    and TensorFlow has not started (its pools cannot change after); variables
+    the user set are left alone. Each run records the settings it had.
     """
-    if not threads:
+    import sys
+
+    if not threads or "tensorflow" in sys.modules:
         return
     for name, value in zip(THREAD_ENV, ("0", "1", str(threads), str(threads))):
         os.environ.setdefault(name, value)
-    import sys
-
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        tf.config.experimental.enable_op_determinism()
 
 
 def thread_settings():
@@ -615,7 +612,8 @@ def run_compare(args, command=None):
 
     config = _config(args)
     check_writable_folder(args.out)
-    fix_threads(config.get("threads"))
+    if getattr(args, "own_process", False):
+        fix_threads(config.get("threads"))
     import keras  # after the flags are checked, and the threads fixed
 
     config["backend"] = keras.backend.backend()  # recorded, and part of each run's key
