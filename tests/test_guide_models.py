@@ -271,8 +271,12 @@ def test_a_network_with_its_own_train_step_is_wrapped_with_a_warning():
     network = OwnStep(inputs, keras.layers.Dense(2)(inputs))
     with pytest.warns(UserWarning, match="defines its own train_step"):
         model = hta.HomotopyModel.from_model(network, homotopy_l=0.5)
-    history = _fit(model, x, y)  # HTA's step, not the network's (which would raise)
-    assert np.all(np.isfinite(history.history["loss"]))
+    model.twin(1).set_weights([w + 0.5 for w in model.twin(1).get_weights()])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # HTA's step, not the network's (which raises)
+    for k, key in ((0, "f_theta"), (1, "f_eta")):  # each twin's f: the compiled loss on its own weights
+        want = np.mean((model.twin(k).predict(x, verbose=0) - y) ** 2)
+        np.testing.assert_allclose(history.history[key][0], want, rtol=1e-5, err_msg=key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         inputs = keras.Input((4,))

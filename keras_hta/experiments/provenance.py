@@ -1,4 +1,4 @@
-"""What produced a results file: the command, package versions, Python and the CPU threads (issue #35)."""
+"""What produced a results file: the command, package versions, Python and the CPUs."""
 
 import os
 import platform
