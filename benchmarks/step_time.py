@@ -245,15 +245,9 @@ def render(rows):
 
 def package_versions():
     """The installed versions of Keras, the three backends and NumPy (what a results file records)."""
-    import importlib.metadata as md
+    from keras_hta.experiments.provenance import package_versions as installed
 
-    found = {}
-    for name in ("keras", "tensorflow-cpu", "jax", "torch", "numpy"):
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return found
+    return installed(("keras", "tensorflow-cpu", "jax", "torch", "numpy"))
 
 
 def write_report(rows, out):

@@ -60,11 +60,10 @@ def export_model(model, path, format=None, how="theta", recompute_bn=None, verbo
         keras_hta.export_model(model, "model.pt2")     # torch.export.load("model.pt2")
     ```
     """
-    problem = step_lib.export_problem("export_model", step_lib.default_export_format() if format is None
-                                      else format)
+    format = step_lib.default_export_format() if format is None else format
+    problem = step_lib.export_problem("export_model", format)
     if problem is not None:
         raise problem
-    format = step_lib.default_export_format() if format is None else format
     plain = merge(model, how=how, recompute_bn=recompute_bn)
     _call_once(plain)
     plain.export(str(path), format=format, verbose=verbose, **kwargs)

@@ -332,9 +332,7 @@ TABLE1_COLUMNS = (
 
 def render_table1(result):
     """Table 1 as markdown, one row per n and anchor, from the result `keras-hta nonconvex --json` writes."""
-    anchors = result.get("anchors") or sorted({k[len("homotopy_"):] for r in result["rows"] for k in r
-                                               if k.startswith("homotopy_") and not k.endswith("_seconds")
-                                               and not k.startswith("homotopy_decoupled_")})
+    anchors = result["anchors"]
     header = ["n", "starts", "anchor"] + [name for name, _ in TABLE1_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["rows"]:
