@@ -1,8 +1,8 @@
-"""Accuracy of HTA against SGD and SGD + EMA, run by run (issues #5, #8).
+"""Accuracy of HTA against SGD and SGD + EMA, run by run.
 
 Runs `keras-hta compare` with four arms: sgd, hta (the paper's squared norms
 with the exact proximal penalty update, the default), hta_l2 (the authors'
-unsquared norms with an explicit gradient step, the old default) and sgd_ema:
+unsquared norms with an explicit gradient step, as their code does) and sgd_ema:
   - CIFAR-10 (the JPEG tarball), VGG11-BN width 1/8, 15 epochs, 3 seeds,
     SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 128, the paper's
     augmentation; HTA with the paper's L values 0.01 -> 0.005 by 0.001 scaled

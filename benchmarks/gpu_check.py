@@ -1,4 +1,4 @@
-"""One prepared GPU check for keras-hta on JAX, without TensorFlow (issues #13, #21).
+"""One prepared GPU check for keras-hta on JAX, without TensorFlow.
 
 Five independent stages, each in a fresh process with `KERAS_BACKEND=jax` and
 its own time limit, run in the order a, b, c, e, d within one time budget

@@ -1,4 +1,4 @@
-"""What HTA costs: step time and memory of HomotopyModel against plain fit (issues #5, #8).
+"""What HTA costs: step time and memory of HomotopyModel against plain fit.
 
 For each model, in one process: plain `fit`, HTA (both twins see the whole
 batch; the default proximal penalty update), HTA with the explicit gradient

@@ -1,4 +1,4 @@
-"""The study (issues #12, #20): where does HTA help? Equal-budget tuning, then paired seeded final runs.
+"""The study: where does HTA help? Equal-budget tuning, then paired seeded final runs.
 
 Protocol, per data set:
   1. Tune every arm with the same keras-tuner budget (RandomSearch, `--trials`
@@ -26,7 +26,7 @@ same batches, the exact penalty step shrinks every weight by a factor
 1/(1 + γ·L) per step, γ the learning rate; sgd_decay adds a decoupled decay
 of γ·L per step, L following the paper's schedule of h1_paper_zeros).
 
-Arms (hypotheses of issue #12): sgd, sgd_ema; h1_paper_zeros / h1_paper_init
+Arms (the hypotheses tested): sgd, sgd_ema; h1_paper_zeros / h1_paper_init
 (the paper's L 0.01 -> 0.005 by 0.001), h2_homotopy_init / h2_homotopy_zeros (a
 true homotopy: geometric L from [1, 10] down to [1e-4, 1e-3]), h3_elastic_split
 (`twin_batch="split"`, then `merge(how="average", recompute_bn=...)`),

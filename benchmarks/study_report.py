@@ -1,4 +1,4 @@
-"""The study's verdict across data sets (issue #20): paired tests, Holm's correction, minimum detectable differences.
+"""The study's verdict across data sets: paired tests, Holm's correction, minimum detectable differences.
 
 Reads every `benchmarks/results/study-*/study.json` that `benchmarks/study.py`
 wrote, collects the comparisons of the HTA-vs-SGD family (each HTA arm against

@@ -1,4 +1,4 @@
-"""What the twins cost: state memory against plain Keras, and step time against another commit (issue #33).
+"""What the twins cost: state memory against plain Keras, and step time against another commit.
 
 Memory (`--memory`): the state a training run holds — every variable of the
 model and of its optimizer, counted exactly from their shapes and dtypes —

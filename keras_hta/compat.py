@@ -26,9 +26,15 @@
       ("Invalid reduction dimension 0"). The workaround reduces scalars with
       `axis=None`.
 
-   `keras_hta.multi_worker_strategy()` installs it, once, behind a
-   Keras-version guard. `tests/test_multi_worker.py` checks that unpatched
-   Keras still fails, so the workaround can go when upstream is fixed.
+   `keras_hta.multi_worker_strategy()` installs it, once, and only where
+   each function it replaces or calls has the source it was checked against
+   (a hash of `inspect.getsource`, `CHECKED_SOURCES`): a Keras that changed
+   one of them keeps its own code, and a one-line warning says which. The
+   replaced functions are module-level, so Keras allows no narrower scope
+   than the process; inside them, every strategy but a multi-worker
+   collective one goes to Keras' own code unchanged.
+   `tests/test_multi_worker.py` checks that unpatched Keras still fails, so
+   the workaround can go when upstream is fixed.
 
 4. `all_layers`, `created_trainable`, `seed_states`: what a twin needs a copy
    of. Every layer below a model, custom layers' sublayers included
@@ -202,6 +208,35 @@ def _first_local(strategy, value):
     return value
 
 
+# The first 16 hex digits of the SHA-256 of `inspect.getsource` of each function of Keras' TensorFlow trainer
+# that the workaround replaces or calls, as checked (Keras 3.15.1).
+CHECKED_SOURCES = {
+    "reduce_per_replica": "2e7d54b1e6edc29a",
+    "TensorFlowTrainer._maybe_symbolic_build": "92a504f5eba9b29f",
+    "_collective_all_reduce_multi_worker": "0302369d850e6694",
+}
+
+
+def source_hash(function):
+    """The first 16 hex digits of the SHA-256 of `function`'s source (`inspect.getsource`)."""
+    import hashlib
+    import inspect
+
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+
+
+def changed_sources(tf_trainer):
+    """The names in `CHECKED_SOURCES` that `tf_trainer` lacks or whose source differs from the one checked."""
+    changed = []
+    for qualname, digest in CHECKED_SOURCES.items():
+        owner = tf_trainer
+        for part in qualname.split("."):
+            owner = getattr(owner, part, None)
+        if owner is None or source_hash(owner) != digest:
+            changed.append(qualname)
+    return changed
+
+
 def patch_keras():
     """Installs the workaround in Keras' TensorFlow trainer; returns True if it did now."""
     global _PATCHED
@@ -210,19 +245,17 @@ def patch_keras():
     import keras
     from keras import tree
 
-    # The Keras-version guard: the workaround replaces private functions of
-    # Keras 3's TensorFlow trainer; where they are gone, it is not installed.
+    # The guard: the workaround replaces private functions of Keras 3's TensorFlow trainer; where one is gone
+    # or its code is not the code it was checked against, it is not installed.
     try:
         from keras.src.backend.tensorflow import trainer as tf_trainer
     except ImportError:
         tf_trainer = None
-    if tf_trainer is None or not all(
-        hasattr(owner, name) for owner, name in (
-            (tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"), (tf_trainer, "reduce_per_replica"),
-            (tf_trainer, "_collective_all_reduce_multi_worker"))
-    ):
-        warnings.warn(f"keras_hta.multi_worker: Keras {keras.__version__} lacks a function the workaround for "
-                      "keras-team/keras#20585 replaces, so it is not installed; training runs with Keras as it is.", RuntimeWarning)
+    changed = ["keras.src.backend.tensorflow.trainer"] if tf_trainer is None else changed_sources(tf_trainer)
+    if changed:
+        warnings.warn(f"keras_hta.multi_worker: in Keras {keras.__version__}, {', '.join(changed)} is missing or not "
+                      "the code the workaround for keras-team/keras#20585 was checked against, so it is not installed; "
+                      "training runs with Keras as it is.", RuntimeWarning)
         return False
 
     original_reduce = tf_trainer.reduce_per_replica

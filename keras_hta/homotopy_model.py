@@ -81,7 +81,11 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
             one plain step).
         twin_factory: Deprecated and ignored (a `DeprecationWarning`): twins
             are no longer copies of the network.
-        seed: Integer or `None`, for `split="random"`.
+        seed: Integer or `None`, for `split="random"`. When several
+            processes train together (JAX's `keras.distribution.initialize`,
+            a `MultiWorkerMirroredStrategy`), give every process the same
+            integer: `None` is refused there, since each process would draw
+            its own mask.
         twinned, copied_state: Lists of positions in `network.variables`:
             the weights with twins and the state copied per twin, in order.
             A saved model records them; leave them `None`.
@@ -92,8 +96,9 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
             not floating point.
         ValueError: no trainable weights, an unbuilt network, an unknown or
             empty split, a mask or anchor of the wrong shape, a bad
-            `num_groups`, `norm`, `penalty_update` or `twin_batch`, or L <= 0,
-            NaN or inf.
+            `num_groups`, `norm`, `penalty_update` or `twin_batch`, L <= 0,
+            NaN or inf, or `split="random"` with `seed=None` when several
+            processes train.
 
     Example:
 

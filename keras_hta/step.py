@@ -12,6 +12,7 @@ updates the metrics. What differs per backend, and lives here:
   (`keras_hta.twin_step`) runs inside a `keras.StatelessScope` mapped to the
   state Keras' step returned, and its results go back into that state; the
   same split for `test_step`, which drops HTA's training logs;
+- how many processes train together (`process_count`);
 - the replica count Keras divides each replica's loss by (TensorFlow's
   `tf.distribute`; 1 elsewhere: JAX's `keras.distribution` computes the
   global loss);
@@ -44,6 +45,24 @@ def replicas():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def process_count():
+    """Processes that train together: JAX's multi-process runtime (`keras.distribution.initialize`), the
+    workers (and chief) of the current `tf.distribute` strategy's cluster on TensorFlow; 1 on PyTorch."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.process_count()
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+        if resolver is None:
+            return 1
+        spec = resolver.cluster_spec()
+        return max(1, sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs))
+    return 1
 
 
 def no_grad():

@@ -72,6 +72,10 @@ class TwinState(keras.layers.Layer):
 
     def __init__(self, network, num_groups, split, anchor, seed=None, twinned=None, copied_state=None,
                  name="twin_state"):
+        if split == "random" and seed is None and twinned is None and step_lib.process_count() > 1:
+            raise ValueError(
+                f"HomotopyModel: split='random' with seed=None would draw a different mask on each of the "
+                f"{step_lib.process_count()} processes; pass the same integer `seed` on every process.")
         super().__init__(name=name)
         object.__setattr__(self, "network", network)
         variables = network.variables
@@ -195,8 +199,11 @@ class TwinState(keras.layers.Layer):
             wanted = [self._candidates.index(p) if p in self._candidates else None for p in positions]
             drawn = splits_lib.random_groups([tuple(v.shape) for v in candidates], self.num_groups, self.seed,
                                              keep={i for i in wanted if i is not None})
+            # A weight that was not a candidate (created frozen, trainable later): its own stream, from the
+            # seed and its position, so that every process draws the same mask.
             return [drawn[i] if i is not None else splits_lib.random_groups(
-                [tuple(variables[p].shape)], self.num_groups, None)[0] for i, p in zip(wanted, positions)]
+                [tuple(variables[p].shape)], self.num_groups, None if self.seed is None else [self.seed, p])[0]
+                for i, p in zip(wanted, positions)]
         if self._split == "layers":
             return [np.array(self._layer_groups.get(p, 0), "int32") for p in positions]
         return splits_lib.assign_groups(self.network, [variables[p] for p in positions], self._split,

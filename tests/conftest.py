@@ -11,7 +11,8 @@ tests run under every backend (`.ci/run`).
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if os.environ.get("KERAS_BACKEND") == "jax":  # two host devices for keras.distribution tests
+if os.environ.get("KERAS_BACKEND") == "jax" and "host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # two host devices for keras.distribution tests (a test's subprocess may set its own count)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
 import numpy as np  # noqa: E402

@@ -377,15 +377,18 @@ def test_decoded_images_are_cached_per_decoder(tmp_path):
         assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 4  # its own two entries
 
 
-def _train_model_parallel(x, y, layout=True):
-    devices = keras.distribution.list_devices("cpu")
-    if layout:
-        mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"], devices[:2])
+def _train_distributed(x, y, devices, model_parallel):
+    """Trains a HomotopyModel with BatchNormalization under `ModelParallel` (a mesh (n/2, 2) over `devices`, with
+    LayoutMap keys as users write them) or under `DataParallel` on the same devices; returns the model."""
+    if model_parallel:
+        mesh = keras.distribution.DeviceMesh((len(devices) // 2, 2), ["batch", "model"], devices)
         layout_map = keras.distribution.LayoutMap(mesh)
         layout_map["d1/kernel"] = (None, "model")  # a layer path, as Keras' distribution guide writes them
         layout_map["bn/moving_.*"] = ("model",)  # a regex over several variables
         keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout_map,
                                                                              batch_dim_name="batch"))
+    else:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     try:
         keras.utils.set_random_seed(4)
         inputs = keras.Input((4,))
@@ -400,24 +403,46 @@ def _train_model_parallel(x, y, layout=True):
         keras.distribution.set_distribution(None)
 
 
-def test_jax_model_parallel_lays_out_every_copy_of_a_weight_as_the_weight():
-    if BACKEND != "jax":
-        pytest.skip("keras.distribution.ModelParallel: the JAX backend")
-    if len(keras.distribution.list_devices("cpu")) < 2:
-        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set by conftest)")
+def check_model_parallel(num_devices):
+    """Every copy HomotopyModel keeps of a sharded weight has its layout, and training equals DataParallel."""
+    devices = keras.distribution.list_devices("cpu")[:num_devices]
+    assert len(devices) == num_devices, devices
     x, y = regression_data(n=32)
-    model = _train_model_parallel(x, y)
+    model = _train_distributed(x, y, devices, model_parallel=True)
     network = model.network
     slots = {v.path: v for v in model.optimizer.variables}
     for path, spec in (("d1/kernel", (None, "model")), ("bn/moving_mean", ("model",)), ("bn/moving_variance", ("model",))):
         v = {w.path: w for w in network.variables}[path]
-        copies = [model.twin(1).variable(v)]
-        if v.trainable:  # its twin's, its anchor's and both momenta
+        copies = [model.twin(1).variable(v)]  # its twin's (η's BatchNormalization statistics for the others)
+        if v.trainable:  # and its anchor's and both momenta
             copies += [a for a in model.twin_state.anchor_slots if a.path == f"{v.path.replace('/', '_')}_anchor"]
             copies += [s for s in slots.values() if s.path.endswith("momentum") and v.path.replace("/", "_") in s.path]
             assert len(copies) == 4, [c.path for c in copies]
         for copy in [v] + copies:
             assert tuple(copy.value.sharding.spec) == spec, (copy.path, copy.value.sharding.spec)
-    single = _train_model_parallel(x, y, layout=False)  # the same training on one device
-    for a, b in zip(model.weights, single.weights):
+            assert len(copy.value.sharding.device_set) == num_devices
+    data_parallel = _train_distributed(x, y, devices, model_parallel=False)  # the same training, replicated
+    assert len(model.weights) == len(data_parallel.weights)
+    for a, b in zip(model.weights, data_parallel.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=a.path)
+    return len(model.weights)
+
+
+def test_jax_model_parallel_lays_out_every_copy_of_a_weight_as_the_weight():
+    if BACKEND != "jax":
+        pytest.skip("keras.distribution.ModelParallel: the JAX backend")
+    if len(keras.distribution.list_devices("cpu")) < 2:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set by conftest)")
+    assert check_model_parallel(2) > 20
+
+
+def test_jax_model_parallel_on_four_devices():
+    if BACKEND != "jax":
+        pytest.skip("keras.distribution.ModelParallel: the JAX backend")
+    # A process of its own with four host devices (this one has two): a (2, 2) mesh, batch and model.
+    script = "import test_backends as t; print('weights', t.check_model_parallel(4))"
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = run_bounded([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) > 20

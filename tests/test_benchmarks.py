@@ -202,3 +202,18 @@ def test_the_main_jobs_tables_in_results_render_from_their_json():
     assert table.count("\n") == 8 and table.strip() in results  # 2 settings x 3 environments
     for run in saved["runs"]:
         assert run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
+
+
+def test_the_cost_of_going_wide_renders_from_its_json():
+    """RESULTS §4's tables of all-reduced bytes and 2 processes against 1 are `wide_cost.render` of the JSON."""
+    wide_cost = _benchmark_module("wide_cost")
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    saved = json.loads((ROOT / "benchmarks" / "results" / "wide_cost.json").read_text())
+    assert wide_cost.render(saved).strip() in results
+    cases = saved["cases"]
+    for twin_batch in ("hta", "hta_split"):  # every twin's gradient: twice plain's, full or split twins
+        assert cases[f"{twin_batch}-1"]["gradient_bytes"] == 2 * cases["plain-1"]["gradient_bytes"]
+    assert saved["vgg11_bn"]["hta"] == 2 * saved["vgg11_bn"]["plain"]
+    # The ring model: 2 (N - 1) / N x bytes / bandwidth, here against its value for 8 links at 1 GB/s.
+    assert wide_cost.ring_ms(1e9, 8, 1e9) == pytest.approx(1e3 * 2 * 7 / 8)
+    assert saved["provenance"]["command"].startswith("wide_cost.py") and "jax" in saved["provenance"]["versions"]

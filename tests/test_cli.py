@@ -142,7 +142,7 @@ def test_rerun_with_fewer_arms_keeps_the_saved_runs(tmp_path):
     assert set(result["summary"]) == {"sgd"}  # the summary covers this call's arms
 
 
-# --- trustworthy experiments (issue #9) -------------------------------------
+# --- trustworthy experiments: same batches per arm, flags checked before data, atomic files ---
 
 
 def _record_batches(monkeypatch):

@@ -586,7 +586,7 @@ def _proximal_drift_reference(weights, groups, steps, gamma, L):
 def test_the_proximal_step_never_grows_the_weights_in_float32():
     """Only the penalties act (loss weight 0), zero anchors, L = 1e-4, lr 1 (c = 2e4), 1000 steps.
 
-    The exact map can only shrink the weights; the float32 step before the fix grew ‖θ‖ by 2.72x.
+    The exact map can only shrink the weights, so the float32 step must not grow them either.
     """
     inputs = keras.Input((8,))
     init = keras.initializers.GlorotUniform(seed=0)

@@ -7,10 +7,10 @@ import pytest
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
+import keras
 import numpy as np
 from conftest import communicate_bounded, run_bounded
 
@@ -21,13 +21,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """n free ports on 127.0.0.1, as `examples/multi_process.py` finds them for its workers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("multi_process", HERE.parent / "examples" / "multi_process.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example._free_ports(n)
 
 
 def _launch(argv_for):
@@ -98,3 +98,32 @@ def test_compare_multi_worker_command(tmp_path):
     assert [r["arm"] for r in chief["runs"]] == ["sgd", "hta"]
     for a, b in zip(chief["runs"], other["runs"]):
         assert a["test_error"] == b["test_error"]  # same model on both workers
+
+
+def test_the_workaround_replaces_only_the_code_it_was_checked_against(monkeypatch):
+    import warnings
+
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from keras_hta import compat
+
+    # The installed Keras is the one checked: every function has the recorded source.
+    assert compat.changed_sources(tf_trainer) == []
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):  # the same name, other code: a Keras that changed it
+        return original(values, strategy, reduction)
+
+    monkeypatch.setattr(tf_trainer, "reduce_per_replica", reduce_per_replica)
+    monkeypatch.setattr(compat, "_PATCHED", False)
+    build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert compat.patch_keras() is False
+    assert tf_trainer.reduce_per_replica is reduce_per_replica  # left as Keras has it
+    assert tf_trainer.TensorFlowTrainer._maybe_symbolic_build is build
+    assert [str(w.message) for w in caught] == [
+        f"keras_hta.multi_worker: in Keras {keras.__version__}, reduce_per_replica is missing or not the code the "
+        "workaround for keras-team/keras#20585 was checked against, so it is not installed; training runs with Keras "
+        "as it is."]
+    assert compat.source_hash(reduce_per_replica) != compat.CHECKED_SOURCES["reduce_per_replica"]
