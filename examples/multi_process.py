@@ -87,6 +87,10 @@ def _free_ports(n):
     return ports
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def launch(args):
     """Starts `args.local` processes of this script on 127.0.0.1; returns the exit status (0 if all ended 0).
 
@@ -100,6 +104,7 @@ def launch(args):
                                "--process-id", str(k)]) for k in range(args.local)]
     deadline = time.monotonic() + args.timeout
     status = 0
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM to the launcher stops its processes, as Ctrl-C does
     try:
         while any(p.poll() is None for p in procs) and not status:
             status = next((p.returncode for p in procs if p.returncode), 0)

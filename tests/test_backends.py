@@ -384,6 +384,7 @@ def _train_distributed(x, y, devices, model_parallel):
         mesh = keras.distribution.DeviceMesh((len(devices) // 2, 2), ["batch", "model"], devices)
         layout_map = keras.distribution.LayoutMap(mesh)
         layout_map["d1/kernel"] = (None, "model")  # a layer path, as Keras' distribution guide writes them
+        layout_map["d[23]/kernel"] = ("model", None)  # a regex over several layers
         layout_map["bn/moving_.*"] = ("model",)  # a regex over several variables
         keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout_map,
                                                                              batch_dim_name="batch"))
@@ -393,7 +394,9 @@ def _train_distributed(x, y, devices, model_parallel):
         keras.utils.set_random_seed(4)
         inputs = keras.Input((4,))
         h = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(8, name="d1")(inputs))
-        network = keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Activation("tanh")(h)))
+        h = keras.layers.Dense(8, activation="tanh", name="d2")(keras.layers.Activation("tanh")(h))
+        h = keras.layers.Dense(8, activation="tanh", name="d3")(h)
+        network = keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
         model = hta.HomotopyModel.from_model(network, anchor="init", homotopy_l=0.3)
         model.twin(1).set_weights([w * 1.1 for w in model.twin(1).get_weights()])
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
@@ -411,7 +414,8 @@ def check_model_parallel(num_devices):
     model = _train_distributed(x, y, devices, model_parallel=True)
     network = model.network
     slots = {v.path: v for v in model.optimizer.variables}
-    for path, spec in (("d1/kernel", (None, "model")), ("bn/moving_mean", ("model",)), ("bn/moving_variance", ("model",))):
+    for path, spec in (("d1/kernel", (None, "model")), ("d2/kernel", ("model", None)), ("d3/kernel", ("model", None)),
+                       ("bn/moving_mean", ("model",)), ("bn/moving_variance", ("model",))):
         v = {w.path: w for w in network.variables}[path]
         copies = [model.twin(1).variable(v)]  # its twin's (η's BatchNormalization statistics for the others)
         if v.trainable:  # and its anchor's and both momenta

@@ -105,3 +105,42 @@ def test_pytorch_refuses_more_than_one_process_in_one_line(tmp_path):
     assert out.stderr.strip().splitlines() == [
         "multi_process: KERAS_BACKEND=torch: Keras' fit runs on one device on PyTorch; use jax or tensorflow for this "
         "run (a .keras file moves between backends)"]
+
+
+def _processes_running(marker):
+    """Pids of the processes whose command line contains `marker` (Linux's /proc)."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            pass
+    return pids
+
+
+@needs_engine
+def test_stopping_the_launcher_stops_every_process(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    if not pathlib.Path("/proc/self/cmdline").exists():
+        pytest.skip("reads /proc")
+    marker = str(tmp_path / "long")
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    launcher = subprocess.Popen([sys.executable, str(EXAMPLE), "--local", "2", "--epochs", "100000", "--out", marker],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_processes_running(marker)) < 3:  # the launcher and its two processes
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-2000:]
+            time.sleep(0.2)
+        time.sleep(3)  # into training
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(60) == 130
+        assert "multi_process: interrupted" in launcher.stderr.read()
+        assert _processes_running(marker) == []  # none left behind
+    finally:
+        for pid in _processes_running(marker):
+            os.kill(pid, signal.SIGKILL)
