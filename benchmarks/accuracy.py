@@ -18,6 +18,7 @@ Usage: python benchmarks/accuracy.py [CIFAR_PATH] [--only cifar|mnist1d]
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -25,6 +26,45 @@ from keras_hta.experiments import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS = ["--arms", "sgd", "hta", "hta_l2", "sgd_ema"]
+LABELS = {"sgd": "SGD", "hta": "HTA (proximal)", "hta_l2": "HTA (l2, explicit)", "sgd_ema": "SGD + EMA"}
+# RESULTS §5's tables: (results folder, model name in the table).
+MNIST1D = (("accuracy-mnist1d-cnn1d", "1-D CNN"), ("accuracy-mnist1d-mlp", "MLP"))
+CIFAR = (("accuracy-cifar10-vgg11-w0.125", "VGG11-BN/8"),)
+
+
+def _signed(value):
+    return f"{value:+.2f}%".replace("-", "\u2212")
+
+
+def render(folders, seconds=False, root=os.path.join(HERE, "results")):
+    """RESULTS §5's table of `folders` ((results folder, model name), ...) from their results.json.
+
+    Test accuracy mean ± sample std (ddof=1) over seeds, its max, the rate of improvement of the mean test
+    error over SGD, and Welch's t-test p of the test accuracies against SGD (`keras_hta.experiments.stats`).
+    """
+    from scipy import stats as scipy_stats
+
+    from keras_hta.experiments import stats
+
+    head = ["model", "arm", "validation acc.", "test accuracy mean ± sample std", "max",
+            "rate of improvement over SGD", "p vs SGD"] + (["seconds per run"] if seconds else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for folder, model in folders:
+        with open(os.path.join(root, folder, "results.json")) as f:
+            saved = json.load(f)
+        summary, runs = saved["summary"], saved["runs"]
+        accuracy = {arm: [100.0 - r["test_error"] for r in runs if r["arm"] == arm] for arm in LABELS}
+        for arm, label in LABELS.items():
+            a = summary[arm]
+            if arm == "sgd":
+                roi = p = "—"
+            else:
+                roi = _signed(a["roi_percent"])
+                p = stats.format_p(float(scipy_stats.ttest_ind(accuracy[arm], accuracy["sgd"], equal_var=False).pvalue))
+            cells = [model, label, f"{a['val_acc_mean']:.2f}%", f"{a['acc_mean']:.2f}% ± {a['acc_std']:.2f}%",
+                     f"{a['acc_max']:.2f}%", roi, p] + ([f"{a['seconds_mean']:.0f}"] if seconds else [])
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main():

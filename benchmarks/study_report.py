@@ -69,6 +69,58 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+HYPOTHESES = {
+    "sgd": "baseline", "sgd_ema": "baseline", "sgd_constant": "constant learning rate",
+    "sgd_2x": "control: same compute (2× epochs)", "sgd_decay": "control: HTA's zero-anchor decay",
+    "h1_paper_zeros": "1: paper's L, zero anchors", "h1_paper_init": "1: paper's L, init anchors",
+    "h2_homotopy_init": "2: homotopy from L ≥ 1, init anchors", "h2_homotopy_zeros": "2: homotopy from L ≥ 1, zero anchors",
+    "h3_elastic_split": "3: split batches, averaged", "hta_tuned": "L, anchor, split tuned",
+    "h4_m3": "4: three twins", "h4_m4": "4: four twins", "h5_layers": "5: balanced layer split",
+    "h5_random": "5: random split", "h6_long_final": "6: last L for ¾ of the run", "h7_ema": "7: HTA + EMA",
+}
+
+
+def _configuration(arm, state):
+    """The tuned configuration of `arm` in words, from the values its best trial chose."""
+    values = state["tuned"].get(arm, {}).get("values") or {}
+    if "lr" in values:
+        return f"lr {values['lr']:.3g}, wd {values['weight_decay']:.2g}"
+    if arm.startswith("sgd"):
+        epochs = len(state["finals"][arm][0]["val_curve"])
+        return f"SGD's, {epochs} epochs" if arm == "sgd_2x" else "SGD's"
+    if "l_start" in values:
+        return f"L {values['l_start']:.3g} → {values['l_stop']:.2g}, {values['values']} values"
+    if "l_a" in values:
+        split = f"{values['split']} split; " if "split" in values else ""
+        high, low = max(values["l_a"], values["l_b"]), min(values["l_a"], values["l_b"])
+        return f"{values['anchor']}; {split}L {high:.2g} → {low:.2g}, {values['values']} values, {values['kind']}"
+    return "(fixed)"
+
+
+def results_table(data, state, summary):
+    """RESULTS §7's table of one data set, and its line on HTA beyond the decay, from study.json and the summary."""
+    from keras_hta.experiments.stats import format_p as p
+
+    holm = {(t["arm"], t["baseline"]): t["p_holm"] for t in summary["tests"] if t["data"] == data}
+    tests = {(t["arm"], t["baseline"]): t for t in state["tests"]}
+    lines = ["| arm | hypothesis | tuned configuration | best trial | test accuracy mean ± std | − SGD, points [95% CI] "
+             "| paired t p | Wilcoxon p | Holm p | s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, row in state["summary"].items():
+        trial = f"{row['best_trial']} of {row['trials']}" if "trials" in row else "—"
+        t = tests.get((arm, "sgd"))
+        diff = f"{t['mean_diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]" if t else "—"
+        pt, pw = (p(t["p_ttest"]), p(t["p_wilcoxon"])) if t else ("—", "—")
+        ph = p(holm[(arm, "sgd")]) if (arm, "sgd") in holm else "—"
+        lines.append(f"| {arm} | {HYPOTHESES[arm]} | {_configuration(arm, state)} | {trial} "
+                     f"| {row['acc_mean']:.2f} ± {row['acc_std']:.2f}% | {diff} | {pt} | {pw} | {ph} | {row['seconds']:.1f} |")
+    t = tests.get(("h1_paper_zeros", "sgd_decay"))
+    if t:
+        lines += ["", f"HTA beyond its decay: h1_paper_zeros − sgd_decay {t['mean_diff']:+.2f} points "
+                      f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}], paired t p {p(t['p_ttest'])}, Wilcoxon p "
+                      f"{p(t['p_wilcoxon'])}, Holm p {p(holm[('h1_paper_zeros', 'sgd_decay')])}, {t['n']} seeds."]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=os.path.join(HERE, "results"), help="the folder holding study-*/")
