@@ -284,3 +284,14 @@ def test_every_figure_of_the_readme_results_table_is_in_a_rendered_table():
             assert re.search(r"(?<![\d.])" + re.escape(number) + r"(?!\d)", rendered), (figure, row[:80])
             checked += 1
     assert checked > 100
+
+
+def test_the_mnist1d_grid_table_renders_from_its_json():
+    """RESULTS §3's grid of HTA settings is `mnist1d_grid.render` of the committed runs, all with --threads 1."""
+    grid = _benchmark_module("mnist1d_grid")
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    assert grid.render().strip() in results
+    for name, flags, _ in grid.RUNS:
+        saved = json.loads((ROOT / "benchmarks" / "results" / f"mnist1d-{name}" / "results.json").read_text())
+        assert all(run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1" for run in saved["runs"]), name
+        assert saved["command"].endswith(" ".join(flags)), name
