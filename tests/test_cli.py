@@ -126,11 +126,16 @@ def test_nonconvex_pool_workers_end_without_a_traceback(tmp_path):
 def test_tune_prints_trials_and_best_schedule(tmp_path, capsys):
     from keras_hta import schedules
 
-    best = cli.main(["tune", "--model", "mlp", "--epochs", "1", "--max-trials", "2", "--train-size", "256",
-                     "--test-size", "128", "--verbose", "0", "--directory", str(tmp_path)])
+    cli.main(["tune", "--model", "mlp", "--epochs", "1", "--max-trials", "2", "--train-size", "256",
+              "--test-size", "128", "--verbose", "0", "--directory", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "| trial | val_accuracy | schedule |" in out and "Best schedule:" in out
-    assert out.count("failed") == 0
+    assert "| trial | val_accuracy | schedule |" in out
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 2 and float(rows[0][1]) >= float(rows[1][1])  # both trials, best first
+    line = next(line for line in out.splitlines() if line.startswith("Best schedule: "))
+    best = eval(line[len("Best schedule: "):], {k: getattr(schedules, k) for k in ("Constant", "Linear", "Geometric")})
+    config = best.get_config()  # the best trial's schedule: its first L is that trial's l_start
+    assert config.get("start", config.get("value")) == pytest.approx(float(rows[0][3]), rel=1e-3)
 
 
 def test_rerun_with_fewer_arms_keeps_the_saved_runs(tmp_path):
