@@ -72,10 +72,11 @@ class TwinState(keras.layers.Layer):
 
     def __init__(self, network, num_groups, split, anchor, seed=None, twinned=None, copied_state=None,
                  name="twin_state"):
-        if split == "random" and seed is None and twinned is None and step_lib.process_count() > 1:
+        processes = step_lib.process_count()
+        if split == "random" and seed is None and twinned is None and processes > 1:
             raise ValueError(
                 f"HomotopyModel: split='random' with seed=None would draw a different mask on each of the "
-                f"{step_lib.process_count()} processes; pass the same integer `seed` on every process.")
+                f"{processes} processes; pass the same integer `seed` on every process.")
         super().__init__(name=name)
         object.__setattr__(self, "network", network)
         variables = network.variables

@@ -204,6 +204,47 @@ def test_the_main_jobs_tables_in_results_render_from_their_json():
         assert run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
 
 
+def test_torch_profile_takes_each_ratio_within_a_round_and_renders_what_it_measured(tmp_path):
+    """One round on PyTorch: the fused pass is checked equal to the sequential one inside the script; each ratio
+    is its parts' per-round times divided; the Markdown written is `render` of the JSON written."""
+    torch_profile = _benchmark_module("torch_profile")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND="torch")
+    path = tmp_path / "tp.json"
+    out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "torch_profile.py"), "--rounds", "2", "--steps", "1",
+                       "--out", str(path)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = json.loads(path.read_text())
+    times = saved["seconds"]
+    assert all(len(values) == 2 for values in times.values())
+    for name, (top, bottom) in torch_profile.RATIOS.items():
+        per_round = [sum(times[k][r] for k in top) / sum(times[k][r] for k in bottom) for r in range(2)]
+        assert saved["derived"][name]["median"] == pytest.approx(np.median(per_round)), name
+        assert saved["derived"][name]["min"] == pytest.approx(min(per_round)), name
+    assert (tmp_path / "tp.md").read_text() == torch_profile.render(saved)
+    assert saved["provenance"]["versions"]["torch"] and "--rounds 2" in saved["provenance"]["command"]
+
+
+@pytest.mark.parametrize("argv, env_backend, named", [
+    (["--rounds", "0"], "torch", "--rounds 0"),
+    (["--steps", "-1"], "torch", "--steps -1"),
+    ([], "jax", "KERAS_BACKEND=jax"),
+])
+def test_torch_profile_refuses_bad_input_in_one_line(tmp_path, argv, env_backend, named):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND=env_backend)
+    out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "torch_profile.py"), *argv,
+                       "--out", str(tmp_path / "tp.json")], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and named in out.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in out.stderr and not (tmp_path / "tp.json").exists()
+
+
+def test_the_pytorch_profile_renders_from_its_json():
+    """RESULTS §4's profile of PyTorch's step is `torch_profile.render` of the committed JSON."""
+    torch_profile = _benchmark_module("torch_profile")
+    saved = json.loads((ROOT / "benchmarks" / "results" / "torch_profile.json").read_text())
+    for table in torch_profile.render(saved).strip().split("\n\n"):
+        assert table.strip() in (ROOT / "benchmarks" / "RESULTS.md").read_text()
+
+
 def test_the_cost_of_going_wide_renders_from_its_json():
     """RESULTS §4's tables of all-reduced bytes and 2 processes against 1 are `wide_cost.render` of the JSON."""
     wide_cost = _benchmark_module("wide_cost")
@@ -256,6 +297,7 @@ def _rendered_results():
              _benchmark_module("step_time").render(load("step_time.json")["rows"]),
              twin_cost.render(load("twin_cost.json")), twin_cost.render_memory_summary(load("twin_cost.json")),
              _benchmark_module("wide_cost").render(load("wide_cost.json")),
+             _benchmark_module("torch_profile").render(load("torch_profile.json")),
              _benchmark_module("main_job_env").render(str(folder / "main-job-env")),
              compare.markdown(saved["config"], saved["summary"], saved["command"], saved["runs"])]
     texts += [study_report.results_table(d, load(f"study-{d}/study.json"), summary)

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BACKEND, run_bounded
+from conftest import BACKEND, HANG_S, run_bounded
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "multi_process.py"
@@ -30,8 +30,9 @@ needs_engine = pytest.mark.skipif(BACKEND == "torch", reason="no multi-process f
 
 def _run(tmp_path, name, *argv):
     env = dict(os.environ, KERAS_BACKEND=BACKEND, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    return run_bounded([sys.executable, str(EXAMPLE), "--out", str(tmp_path / name), "--timeout", "600", *argv],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    # The launcher's own bound ends before run_bounded's, so that it stops its processes first.
+    return run_bounded([sys.executable, str(EXAMPLE), "--out", str(tmp_path / name),
+                        "--timeout", str(HANG_S - 60), *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
 def _ok(tmp_path, name, *argv):
@@ -132,13 +133,13 @@ def test_stopping_the_launcher_stops_every_process(tmp_path):
     launcher = subprocess.Popen([sys.executable, str(EXAMPLE), "--local", "2", "--epochs", "100000", "--out", marker],
                                 env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + HANG_S
         while len(_processes_running(marker)) < 3:  # the launcher and its two processes
             assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-2000:]
             time.sleep(0.2)
         time.sleep(3)  # into training
         launcher.send_signal(signal.SIGTERM)
-        assert launcher.wait(60) == 130
+        assert launcher.wait(HANG_S) == 130
         assert "multi_process: interrupted" in launcher.stderr.read()
         assert _processes_running(marker) == []  # none left behind
     finally:
