@@ -18,7 +18,7 @@ every measurement repeated in interleaved rounds and reported as the median:
 - both twins' forward and backward pass (loss of each twin, the gradient of
   their sum) one after the other, against the same in one fused pass,
   `torch.func.vmap` over the twins' stacked weights (and, split, their
-  stacked half batches). PyTorch's vmap cannot run Keras' conversion of a
+  stacked half batches; full twins share the batch, passed unbatched). PyTorch's vmap cannot run Keras' conversion of a
   convolution's input to channels-last memory (it may not query that memory
   format), so for this measurement only that conversion is replaced by the
   identity (a private Keras function, patched here and restored after; the
@@ -92,11 +92,11 @@ class TwinPasses:
         self.weights = [torch.stack([v.value.detach() for v in vs]) for vs in zip(*twins)]
         self.stats = [torch.stack([v.value.detach()] * 2) for v in self.state]
         x, y = torch.as_tensor(x), torch.as_tensor(y)
-        if split:
-            self.x, self.y = torch.stack([x[0::2], x[1::2]]), torch.stack([y[0::2], y[1::2]])
-        else:
-            self.x, self.y = torch.stack([x, x]), torch.stack([y, y])
-        self.fused_call = torch.func.vmap(self._one, in_dims=(0, 0, 0, 0))
+        # Each twin's batch: its half (split), or the one batch every twin sees, passed to vmap unbatched.
+        self.batches = [(x[k::2], y[k::2]) for k in range(2)] if split else [(x, y)] * 2
+        data = (torch.stack([x[0::2], x[1::2]]), torch.stack([y[0::2], y[1::2]])) if split else (x, y)
+        self.fused_call = lambda weights: torch.func.vmap(self._one, in_dims=(0, 0) + (0 if split else None,) * 2)(
+            weights, self.stats, *data)
 
     def _one(self, weights, stats, x, y):
         import keras
@@ -107,15 +107,14 @@ class TwinPasses:
     def sequential(self):
         """Each twin's forward pass, then one backward pass of their summed loss; the losses and gradients."""
         weights = [w.detach().requires_grad_() for w in self.weights]
-        losses = [self._one([w[k] for w in weights], [s[k] for s in self.stats], self.x[k], self.y[k])
-                  for k in range(2)]
+        losses = [self._one([w[k] for w in weights], [s[k] for s in self.stats], *self.batches[k]) for k in range(2)]
         (losses[0] + losses[1]).backward()
         return [float(v.detach()) for v in losses], [w.grad for w in weights]
 
     def fused(self):
         """Both twins in one vmapped forward pass, then one backward pass; the losses and gradients."""
         weights = [w.detach().requires_grad_() for w in self.weights]
-        losses = self.fused_call(weights, self.stats, self.x, self.y)
+        losses = self.fused_call(weights)
         losses.sum().backward()
         return [float(v.detach()) for v in losses], [w.grad for w in weights]
 
