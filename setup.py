@@ -45,7 +45,8 @@ setup(
             "mnist1d>=0.0.2",  # generates MNIST-1D locally: the offline default data set
             "requests",  # mnist1d imports it
         ],
-        "test": ["pytest>=7.3", "pytest-xdist>=3.0", "scipy>=1.11"],  # -n 2: the suite on two workers
+        # -n 2: the suite on two workers; mpmath: the proximal step's high-precision reference
+        "test": ["pytest>=7.3", "pytest-xdist>=3.0", "scipy>=1.11", "mpmath>=1.3"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

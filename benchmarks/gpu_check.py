@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras: this check runs on JAX
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # the repository's keras_hta, installed or not (the stages run this file too)

@@ -37,7 +37,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -258,6 +257,7 @@ def render(saved):
 
 
 def main(argv=None):
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # this script's backend, set when it runs (not when imported)
     args = parse_args(argv)
     if args.render_only:
         with open(args.out) as f:

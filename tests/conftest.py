@@ -1,16 +1,28 @@
-"""Test setup under any Keras backend (KERAS_BACKEND): two logical CPU devices for
-the distribution tests, quiet TF, a gradient helper, and backend markers.
+"""Test setup under any Keras backend: the backend pinned, two logical CPU devices for
+the distribution tests, quiet TF, a gradient helper, and markers.
+
+The tests run on the backend `KERAS_BACKEND` names, else on TensorFlow (the
+backend of the README's test extras): a `~/.keras/keras.json` does not choose
+it. Every subprocess a test starts runs on the same backend unless the test
+names another: it inherits the pinned variable (`run_bounded` also sets it
+where a test passes an environment of its own without it).
 
 `@pytest.mark.tensorflow_only` marks what TensorFlow is the point of
 (tf.distribute, SavedModel, the tf.data pipeline); those tests are skipped on
 the other backends. `@pytest.mark.harness` marks the harness's and the
-package's tests, which CI runs once, in the TensorFlow pass; the library's
-tests run under every backend (`.ci/run`).
+package's tests, which run on TensorFlow (skipped on the others; CI runs them
+in its TensorFlow passes); the library's tests run under every backend
+(`.ci/run`). `@pytest.mark.extras` marks tests that need a package the
+README's test extras do not install (JAX or PyTorch beside TensorFlow,
+keras-hub): they skip, saying so, where it is missing. `@pytest.mark.slow`
+marks the tests the README's test command leaves out (pyproject.toml's
+`-m "not slow"`); `-m slow` runs them, and CI does.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # the test processes' backend, pinned (see above)
 if os.environ.get("KERAS_BACKEND") == "jax" and "host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     # two host devices for keras.distribution tests (a test's subprocess may set its own count)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
@@ -38,17 +50,33 @@ elif BACKEND == "torch":
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "tensorflow_only: needs the TensorFlow backend (tf.distribute, SavedModel)")
-    config.addinivalue_line("markers", "harness: the experiment harness and package checks, run once in CI "
-                                       "(the TensorFlow pass); `-m 'not harness'` runs the library's tests")
+    config.addinivalue_line("markers", "harness: the experiment harness and package checks, run on TensorFlow "
+                                       "(CI's TensorFlow passes); `-m 'not harness'` runs the library's tests")
+    config.addinivalue_line("markers", "extras: needs a package the README's test extras do not install (JAX or "
+                                       "PyTorch beside TensorFlow, keras-hub); skips where it is missing")
+    config.addinivalue_line("markers", "slow: left out by the README's test command (-m 'not slow' in "
+                                       "pyproject.toml); CI runs them (-m slow)")
 
 
 def pytest_collection_modifyitems(config, items):
     if BACKEND == "tensorflow":
         return
     skip = pytest.mark.skip(reason=f"TensorFlow only; KERAS_BACKEND={BACKEND}")
+    harness = pytest.mark.skip(reason=f"the harness's tests run on TensorFlow (CI runs them there); "
+                                      f"KERAS_BACKEND={BACKEND}")
     for item in items:
         if "tensorflow_only" in item.keywords:
             item.add_marker(skip)
+        elif "harness" in item.keywords:
+            item.add_marker(harness)
+
+
+def needs(module, why=""):
+    """Skips the calling test, with the reason, where `module` is not installed (the README's extras lack it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"needs {module}, which the README's test extras do not install{why}; CI's later pass has it")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -135,10 +163,15 @@ HANG_S = 3600
 
 
 def run_bounded(args, **kwargs):
-    """`subprocess.run(args, **kwargs)` bounded by HANG_S (any `timeout` given is replaced): fails saying it hung."""
+    """`subprocess.run(args, **kwargs)` bounded by HANG_S (any `timeout` given is replaced): fails saying it hung.
+
+    The subprocess runs on the tests' backend unless `env` names another.
+    """
     import subprocess
 
     kwargs.pop("timeout", None)
+    kwargs["env"] = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
+    kwargs["env"].setdefault("KERAS_BACKEND", BACKEND)
     try:
         return subprocess.run(args, timeout=HANG_S, **kwargs)
     except subprocess.TimeoutExpired:

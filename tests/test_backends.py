@@ -12,7 +12,7 @@ import pytest
 
 import keras
 import keras_hta as hta
-from conftest import BACKEND, dense_network, regression_data, run_bounded
+from conftest import BACKEND, dense_network, needs, regression_data, run_bounded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHER_BACKENDS = [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)]
@@ -63,10 +63,12 @@ _WITHOUT_TF = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("backend", [b for b in ("jax", "torch") if b in OTHER_BACKENDS])
+@pytest.mark.extras
+@pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_without_tensorflow_one_proximal_step_merge_and_reload(backend, tmp_path):
     if BACKEND != "tensorflow":
         pytest.skip("runs once, in the TensorFlow pass, for each other backend installed")
+    needs(backend, " beside TensorFlow")
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
     out = run_bounded([sys.executable, "-c", _WITHOUT_TF, backend, str(tmp_path / "m.keras")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -77,10 +79,12 @@ def test_without_tensorflow_one_proximal_step_merge_and_reload(backend, tmp_path
     assert got["merge"] < 1e-6 and got["reload"] < 1e-6, got
 
 
-@pytest.mark.parametrize("target", OTHER_BACKENDS)
+@pytest.mark.extras
+@pytest.mark.parametrize("target", ["tensorflow", "jax", "torch"])
 def test_a_model_saved_on_this_backend_loads_on_every_other(target, tmp_path):
     if target == BACKEND:
         pytest.skip("the same backend: tests/test_homotopy_model_saving.py")
+    needs(target, f" beside {BACKEND}")
     x, y = regression_data(n=32)
     model = hta.HomotopyModel.from_model(dense_network(hidden=5, batch_norm=True), homotopy_l=0.1)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_bounded
+from conftest import needs, run_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -33,6 +33,7 @@ def test_step_time_script_writes_consistent_ratios(tmp_path):
     assert (tmp_path / "step_time.md").exists() and (tmp_path / "step_time.png").exists()
 
 
+@pytest.mark.slow  # tunes and trains every arm: about a minute
 def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     command = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", "--trials", "2", "--epochs", "1",
@@ -141,6 +142,15 @@ def _benchmark_module(name):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+def test_importing_a_benchmark_script_changes_no_environment_variable():
+    """Scripts set what they need (their backend, TensorFlow's threads) when they run, in `main()` or in their
+    subprocesses' environment: importing one, as these tests do, leaves every later test and subprocess as it was."""
+    before = dict(os.environ)
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        _benchmark_module(path.stem)
+        assert dict(os.environ) == before, f"importing benchmarks/{path.name} changed the environment"
+
+
 def test_the_cost_tables_of_readme_and_results_render_from_their_json():
     """README's memory table and RESULTS §4's tables are what the scripts render from the committed JSON."""
     readme = (ROOT / "README.md").read_text()
@@ -204,9 +214,11 @@ def test_the_main_jobs_tables_in_results_render_from_their_json():
         assert run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
 
 
+@pytest.mark.extras
 def test_torch_profile_takes_each_ratio_within_a_round_and_renders_what_it_measured(tmp_path):
     """One round on PyTorch: the fused pass is checked equal to the sequential one inside the script; each ratio
     is its parts' per-round times divided; the Markdown written is `render` of the JSON written."""
+    needs("torch", " beside TensorFlow")
     torch_profile = _benchmark_module("torch_profile")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND="torch")
     path = tmp_path / "tp.json"

@@ -55,12 +55,7 @@ def _gpu_check():
 
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
-    saved = dict(os.environ)
-    try:
-        spec.loader.exec_module(module)
-    finally:  # the script sets KERAS_BACKEND=jax for itself; later tests' subprocesses must not inherit it
-        os.environ.clear()
-        os.environ.update(saved)
+    spec.loader.exec_module(module)
     return module
 
 

@@ -20,6 +20,7 @@ APPLICATIONS = {
 }
 
 
+@pytest.mark.slow  # 1-2 minutes each on 2 cores
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_wrap_train_merge_save_and_export(name, tmp_path):
     keras.utils.set_random_seed(0)

@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "multi_process.py"
 
 # TensorFlow's run in the TensorFlow pass, JAX's in the JAX pass.
+pytestmark = pytest.mark.slow  # processes that start TensorFlow or JAX and train together: about 3 minutes
 needs_engine = pytest.mark.skipif(BACKEND == "torch", reason="no multi-process fit on PyTorch in Keras 3.15")
 
 
