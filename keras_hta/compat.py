@@ -36,9 +36,9 @@
    `tests/test_multi_worker.py` checks that unpatched Keras still fails, so
    the workaround can go when upstream is fixed.
 
-4. `all_layers`, `created_trainable`, `seed_states`: what a twin needs a copy
-   of. Every layer below a model, custom layers' sublayers included
-   (`Layer._flatten_layers`); the variables each layer created trainable
+4. `all_layers`, `layer_paths`, `created_trainable`, `seed_states`: what a
+   twin needs a copy of. Every layer below a model, custom layers' sublayers
+   included, and each one's path by class and place (`Layer._flatten_layers`); the variables each layer created trainable
    (`Layer._trainable_variables`, which Keras' `trainable` setter walks: a
    frozen layer's weights and LoRA's base kernel are there, BatchNorm's
    statistics are not); the seed generators' state variables
@@ -70,6 +70,7 @@ one line, naming the Keras version, when it does not.
 """
 
 import contextlib
+import re
 import warnings
 
 
@@ -121,10 +122,53 @@ def all_layers(model):
     return list(_private(model, "_flatten_layers", "Layer._flatten_layers")(include_self=True, recursive=True))
 
 
+def _snake(name):
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)).lower()
+
+
+def layer_paths(model):
+    """`[(path, layer)]` for `model` (path `""`) and every layer below it, parents before children.
+
+    A layer's path names it by its class and its place among its parent's
+    sublayers of that class (`"bert_backbone/transformer_encoder/einsum_dense_1"`),
+    as Keras' own saver addresses layers, not by the layers' names, which are
+    generated and differ between two builds of one network. So the same layer
+    has the same path in the network, in a network rebuilt from its config
+    (`load_model`) and in a clone. Input layers, which a Functional model that
+    reuses another model's inputs lists once more when rebuilt, hold no
+    weights and are left out. Sublayers come from `Layer._flatten_layers`.
+    """
+    import keras
+
+    paths, seen = [("", model)], {id(model)}
+
+    def visit(layer, prefix):
+        used = {}
+        children = _private(layer, "_flatten_layers", "Layer._flatten_layers")(include_self=False, recursive=False)
+        for child in children:
+            if id(child) in seen or isinstance(child, keras.layers.InputLayer):
+                continue
+            seen.add(id(child))
+            base = _snake(type(child).__name__)
+            count = used.get(base, 0)
+            used[base] = count + 1
+            path = f"{prefix}/{base}" if prefix else base
+            path = path if count == 0 else f"{path}_{count}"
+            paths.append((path, child))
+            visit(child, path)
+
+    visit(model, "")
+    return paths
+
+
 def created_trainable(model):
     """Ids of the variables `model`'s layers created trainable, whether trainable now or frozen."""
-    return {id(v) for layer in all_layers(model)
-            for v in _private(layer, "_trainable_variables", "Layer._trainable_variables")}
+    return {id(v) for layer in all_layers(model) for v in created_trainable_of(layer)}
+
+
+def created_trainable_of(layer):
+    """The variables `layer` itself created trainable (not its sublayers'), trainable now or frozen, in order."""
+    return list(_private(layer, "_trainable_variables", "Layer._trainable_variables"))
 
 
 def seed_states(model):

@@ -4,16 +4,20 @@ import numpy as np
 
 import keras
 from keras_hta import step as step_lib
-from keras_hta.merge import merge
+from keras_hta.merge import CannotCopyError, merge, named_inputs
 
 
 def export_model(model, path, format=None, how="theta", recompute_bn=None, verbose=False, **kwargs):
     """Writes the merged network in one of the formats of Keras' `model.export`.
 
     The merged network (see `keras_hta.merge`) holds no twin, anchor, mask
-    or L; it is called once on a zero batch, as some formats (ONNX) require
-    of a model, and then exported with Keras' own
-    `model.export(path, format=format)`. What each format needs on each
+    or L (for θ, where Keras cannot copy the network, the wrapped network
+    itself, which exporting leaves as it is); it is called once on a zero
+    batch, as some formats (ONNX) require of a model, and then exported with
+    Keras' own `model.export(path, format=format)`, in inference mode
+    (`training=False`: augmentation layers, which default to training, pass
+    their inputs through; Keras' own export of such a network would augment
+    what it serves). What each format needs on each
     backend (`keras_hta.step.EXPORT_NEEDS`) is checked first: a format Keras
     does not offer on this backend, or a missing package, is refused in one
     line naming what to install, before anything is merged or written.
@@ -43,7 +47,9 @@ def export_model(model, path, format=None, how="theta", recompute_bn=None, verbo
         The merged plain `keras.Model` that was exported.
 
     Raises:
-        ValueError: a format Keras does not export on this backend.
+        ValueError: a format Keras does not export on this backend, or
+            Keras' own export of this network fails here (its reason in one
+            line; `keras_hta.merge(model).export(...)` fails alike).
         ImportError: a package the format needs here is not installed.
 
     Example:
@@ -64,9 +70,14 @@ def export_model(model, path, format=None, how="theta", recompute_bn=None, verbo
     problem = step_lib.export_problem("export_model", format)
     if problem is not None:
         raise problem
-    plain = merge(model, how=how, recompute_bn=recompute_bn)
+    plain = _merged(model, how, recompute_bn)
     _call_once(plain)
-    plain.export(str(path), format=format, verbose=verbose, **kwargs)
+    try:
+        _in_inference_mode(plain).export(str(path), format=format, verbose=verbose, **kwargs)
+    except Exception as error:  # what Keras' exporter or the format's library raises, said in one line
+        text = " ".join(str(error).split())
+        raise ValueError(f"export_model: Keras' model.export of '{plain.name}' in format={format!r} failed on the "
+                         f"{step_lib.BACKEND} backend: {type(error).__name__}: {text[:300]}") from error
     return plain
 
 
@@ -105,11 +116,44 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     return export_model(model, path, "tf_saved_model", how=how, recompute_bn=recompute_bn, verbose=verbose)
 
 
+def _merged(model, how, recompute_bn):
+    """The network to export: a merged copy; θ's own network where Keras cannot copy it (exporting reads it only)."""
+    try:
+        return merge(model, how=how, recompute_bn=recompute_bn)
+    except CannotCopyError:
+        if how not in ("theta", 0) or recompute_bn is not None:
+            raise
+        return model.network
+
+
+def _in_inference_mode(plain):
+    """A Functional model calling `plain` with `training=False`, with its inputs' names; `plain` where they are unknown.
+
+    Keras' exporters call the model without `training`, and its random
+    augmentation layers (`RandomFlip`, `RandomZoom`, ...) default to
+    `training=True`: a network holding them would serve augmented outputs.
+    """
+    inputs = named_inputs(plain)
+    if inputs is None:
+        return plain
+    return keras.Model(inputs, plain(inputs, training=False), name=plain.name)
+
+
 def _call_once(plain):
-    """Calls a network with known inputs once on a batch of zeros (unknown sizes: 1)."""
+    """Calls a network with known inputs once on a batch of zeros (unknown sizes: 1).
+
+    Functional models take their inputs' structure (`model.input`); a
+    Sequential model, which has no `input` until called, its one input.
+    """
     inputs = getattr(plain, "inputs", None)
     if not inputs:
         return
     zeros = [np.zeros([1 if d is None else d for d in t.shape], keras.backend.standardize_dtype(t.dtype))
              for t in inputs]
-    plain(keras.tree.pack_sequence_as(plain.input, zeros), training=False)
+    try:
+        structure = plain.input
+    except (AttributeError, ValueError):
+        structure = None
+    batch = zeros[0] if structure is None and len(zeros) == 1 else (
+        zeros if structure is None else keras.tree.pack_sequence_as(structure, zeros))
+    plain(batch, training=False)

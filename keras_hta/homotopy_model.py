@@ -302,7 +302,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         return super().save(filepath, *args, **kwargs)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """Keras' `fit`, counting HTA epochs; a `ModelCheckpoint` to a legacy `.h5` file is refused before training.
+        """Keras' `fit`, counting HTA epochs; a `ModelCheckpoint` that `save` would refuse is refused before training.
 
         `model.homotopy_epoch` counts the epochs completed, also across `fit`
         calls and a reload; it advances at each epoch's end before any other
@@ -315,6 +315,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         for callback in callbacks:
             if isinstance(callback, keras.callbacks.ModelCheckpoint) and not callback.save_weights_only:
                 network_lib.refuse_h5(callback.filepath, "ModelCheckpoint(filepath=...)")
+                network_lib.refuse_unloadable(self.network)  # before training, not at the first epoch's end
         with compat.restorable_fit(self):
             return super().fit(*args, callbacks=[scheduler_lib.EpochCounter()] + callbacks, **kwargs)
 

@@ -13,40 +13,95 @@ import keras
 from keras_hta import compat
 
 
+def _weight_keys(paths):
+    """`{id(variable): "layer path:i"}` for every weight a layer created trainable: its i-th such weight."""
+    return {id(v): f"{path}:{i}" for path, layer in paths
+            for i, v in enumerate(compat.created_trainable_of(layer))}
+
+
 def training_setup(network):
     """What decides which of `network`'s weights train, beyond what its config restores, as flat lists.
 
-    `lora_layers`: `[layer index, rank, alpha]` for each layer with LoRA
+    `lora_layers`: `[layer path, rank, alpha]` for each layer with LoRA
     enabled (keras-hub's `Backbone.enable_lora` is not in a backbone's
-    config); `frozen_layers`: indices of the layers whose `trainable` is off;
-    `frozen_weights`: positions in `network.variables` of weights created
-    trainable whose own flag is off (LoRA's base kernels). Layer indices
-    count every layer, sublayers included (`keras_hta.compat.all_layers`).
+    config); `frozen_layers`: the paths of the layers whose `trainable` is
+    off; `frozen_weights`: `"layer path:i"` for each weight created trainable
+    whose own flag is off (LoRA's base kernels), the i-th that layer created
+    trainable. A layer's path names it by class and place
+    (`keras_hta.compat.layer_paths`), so it finds the same layer in the
+    network rebuilt from its config, whatever the order of its layer list.
     """
-    layers = compat.all_layers(network)
-    created = compat.created_trainable(network)
+    paths = compat.layer_paths(network)
+    keys = _weight_keys(paths)
     return {
-        "lora_layers": [[i, int(layer.lora_rank), float(getattr(layer, "lora_alpha", None) or layer.lora_rank)]
-                        for i, layer in enumerate(layers) if getattr(layer, "lora_enabled", False)],
-        "frozen_layers": [i for i, layer in enumerate(layers) if not layer.trainable],
-        "frozen_weights": [p for p, v in enumerate(network.variables) if id(v) in created and not v.trainable],
+        "lora_layers": [[path, int(layer.lora_rank), float(getattr(layer, "lora_alpha", None) or layer.lora_rank)]
+                        for path, layer in paths if getattr(layer, "lora_enabled", False)],
+        "frozen_layers": [path for path, layer in paths if not layer.trainable],
+        "frozen_weights": [keys[id(v)] for v in network.variables if id(v) in keys and not v.trainable],
     }
 
 
 def restore_training_setup(network, lora_layers=(), frozen_layers=(), frozen_weights=()):
-    """Puts back what `training_setup` recorded, on a network rebuilt from its config (before it is wrapped)."""
-    layers = compat.all_layers(network)
-    for i, rank, alpha in lora_layers:
-        if not getattr(layers[i], "lora_enabled", False):
-            layers[i].enable_lora(int(rank), lora_alpha=alpha)
+    """Puts back what `training_setup` recorded, on a network rebuilt from its config (before it is wrapped).
+
+    Files of keras-hta 0.3 recorded layers and weights by position in the
+    flattened layer list and in `network.variables`; they load as before.
+    """
+    if any(isinstance(entry, int) for entry in [*frozen_layers, *frozen_weights, *(e[0] for e in lora_layers)]):
+        layers = compat.all_layers(network)  # parents first
+        at = dict(enumerate(layers))
+        weights = [network.variables[p] for p in frozen_weights]
+    else:
+        paths = compat.layer_paths(network)  # parents first
+        layers, at = [layer for _, layer in paths], dict(paths)
+        missing = [path for path in [*(e[0] for e in lora_layers), *frozen_layers] if path not in at]
+        if missing:
+            raise ValueError(f"The saved model names layers its network '{network.name}' does not have: "
+                             f"{', '.join(map(repr, missing[:3]))}. Rebuild it with the code it was saved with.")
+        keys = _weight_keys(paths)
+        by_key = {keys[id(v)]: v for v in network.variables if id(v) in keys}
+        weights = [by_key[key] for key in frozen_weights]
+    for where, rank, alpha in lora_layers:
+        if not getattr(at[where], "lora_enabled", False):
+            at[where].enable_lora(int(rank), lora_alpha=alpha)
     if not frozen_layers and not frozen_weights:
         return
-    frozen = set(frozen_layers)
-    for i, layer in enumerate(layers):  # parents before children: a child's own flag wins
-        layer.trainable = i not in frozen
-    variables = network.variables
-    for p in frozen_weights:
-        variables[p].trainable = False
+    frozen = {id(at[where]) for where in frozen_layers}
+    for layer in layers:  # parents before children: a child's own flag wins
+        layer.trainable = id(layer) not in frozen
+    for variable in weights:
+        variable.trainable = False
+
+
+def custom_objects(network):
+    """The classes and functions outside Keras that `network`'s config names, by the names Keras looks them up by.
+
+    The classes of its layers (a keras-io `TransformerBlock`, the layers of a
+    nested `Sequential`), the functions its layers hold (a `Lambda`'s, an
+    activation) and the classes of their initializers, regularizers and
+    constraints: what `keras.models.clone_model` and `from_config` must find
+    to copy it, as `load_model` needs them in `custom_objects`.
+    """
+    found = {}
+
+    def add(obj):
+        for name in (getattr(obj, "__name__", None), keras.saving.get_registered_name(obj)):
+            if name and not name.startswith("<"):
+                found.setdefault(name, obj)
+
+    def outside_keras(obj):
+        return not (getattr(obj, "__module__", None) or "keras.").startswith("keras.")
+
+    kinds = (keras.initializers.Initializer, keras.regularizers.Regularizer, keras.constraints.Constraint)
+    for layer in compat.all_layers(network):
+        if outside_keras(type(layer)):
+            add(type(layer))
+        for value in vars(layer).values():
+            if inspect.isfunction(value) and outside_keras(value):
+                add(value)
+            elif isinstance(value, kinds) and outside_keras(type(value)):
+                add(type(value))
+    return found
 
 
 def check_network(network, inputs=None, outputs=None):
@@ -120,15 +175,19 @@ def refuse_unloadable(network):
     """Raises, in one line, where Keras could save `network` but not rebuild it when loading.
 
     That is a subclassed network whose class keeps Keras' default `get_config`
-    while its `__init__` takes no `**kwargs` or needs arguments: Keras' loader
-    calls `cls(**config)`. Weights alone save (`save_weights`) whatever the class.
+    while its `__init__` takes no `**kwargs` or needs arguments, or a layer
+    whose config does not fit its `__init__` (`_config_mismatch`; keras-io's
+    examples write such layers): Keras' loader calls `cls(**config)`. Weights
+    alone save (`save_weights`) whatever the classes.
     """
     cls = type(network)
     if isinstance(network, keras.Sequential) or cls.get_config is not keras.Model.get_config:
-        return
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    needs = [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        needs, takes_kwargs = [], True
+    else:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters)
+        needs = [p.name for p in parameters
+                 if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not takes_kwargs or needs:
         raise ValueError(
             f"HomotopyModel.save: Keras cannot rebuild the network '{network.name}' when loading: its class "
@@ -136,6 +195,46 @@ def refuse_unloadable(network):
             f"Give {cls.__name__} a get_config() returning its __init__ arguments, or save the weights alone with "
             "model.save_weights('m.weights.h5')."
         )
+    for path, layer in compat.layer_paths(network)[1:]:
+        problem = _config_mismatch(layer)
+        if problem:
+            raise ValueError(
+                f"HomotopyModel.save: Keras cannot rebuild the layer '{layer.name}' ({type(layer).__name__}, at "
+                f"{path}) when loading: {problem}. Take **kwargs in its __init__ (passed to super().__init__) and "
+                "return every __init__ argument from get_config(), or save the weights alone with "
+                "model.save_weights('m.weights.h5')."
+            )
+
+
+def _config_mismatch(layer):
+    """Why `type(layer).from_config(layer.get_config())` must fail, in words, or None.
+
+    Checked for a layer class outside Keras that keeps Keras' `from_config`
+    (`cls(**config)`): the config (its own `get_config`'s, or the one Keras
+    makes from the `__init__` arguments, which adds `trainable` and `dtype`)
+    gives an argument its `__init__` does not take, or lacks one it needs.
+    """
+    cls = type(layer)
+    if (cls.__module__ or "").startswith("keras.") or not isinstance(layer, keras.layers.Layer):
+        return None
+    if getattr(cls.from_config, "__func__", None) is not getattr(keras.layers.Layer.from_config, "__func__", None):
+        return None  # its own from_config: it says what it takes
+    try:
+        config = layer.get_config()
+    except Exception as error:
+        return f"its get_config() raises {type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    extra = [] if takes_kwargs else [key for key in config if key not in names]
+    missing = [p.name for p in parameters if p.default is p.empty and p.name not in config
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    words = []
+    if extra:
+        words.append(f"its get_config() gives {', '.join(extra)}, which its __init__ does not take")
+    if missing:
+        words.append(f"its get_config() lacks {', '.join(missing)}, which its __init__ needs")
+    return " and ".join(words) or None
 
 
 def refuse_h5(filepath, where="filepath"):

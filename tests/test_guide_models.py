@@ -171,14 +171,17 @@ def test_guide_block_and_subclassed_model_wrap_as_they_are(tmp_path):
     history = _fit(model, x, y)
     assert np.all(np.isfinite(history.history["loss"])) and float(model.penalties()[1]) > 0
     _twin_outputs_equal_the_network_carrying_their_weights(model, x)
-    # Keras cannot copy it: merge writes the chosen twin into the wrapped network, and says so.
-    eta = model.twin(1).predict(x)
-    with pytest.warns(UserWarning, match="cannot copy the network"):
-        plain = hta.merge(model, how="eta")
+    # Keras cannot copy it: merge says so in one line and leaves θ as it was, unless asked to write into it.
+    eta, theta = model.twin(1).predict(x), model.network.get_weights()
+    with pytest.raises(ValueError, match="cannot copy the network.*in_place=True") as raised:
+        hta.merge(model, how="eta")
+    assert "\n" not in str(raised.value)
+    for now, before in zip(model.network.get_weights(), theta):
+        np.testing.assert_array_equal(now, before)
+    _export_if_possible(model, str(tmp_path / "served"), x)  # θ: the network itself, which Keras exports as it is
+    plain = hta.merge(model, how="eta", in_place=True)
     assert plain is model.network
     np.testing.assert_allclose(plain.predict(x, verbose=0), eta, atol=1e-6)
-    with pytest.raises(ValueError, match="in_place=True"):
-        hta.merge(model, in_place=False)
     with pytest.raises(ValueError, match="GuideModel has no get_config.*takes no \\*\\*kwargs.*save_weights"):
         model.save(tmp_path / "m.keras")
     assert not (tmp_path / "m.keras").exists()
@@ -188,7 +191,6 @@ def test_guide_block_and_subclassed_model_wrap_as_they_are(tmp_path):
     again = hta.HomotopyModel.from_model(again, homotopy_l=0.1)
     again.load_weights(tmp_path / "m.weights.h5")
     np.testing.assert_array_equal(again.twin(1).predict(x), model.twin(1).predict(x))
-    _export_if_possible(model, str(tmp_path / "served"), x)
 
 
 def test_a_sublayer_frozen_inside_a_custom_layer_stays_unchanged_in_every_twin():

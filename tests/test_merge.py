@@ -58,3 +58,37 @@ def test_merge_errors():
         hta.merge(dense_network())
     with pytest.raises(ValueError, match="no batch"):
         hta.recompute_batchnorm(hta.merge(model), [])
+
+
+@pytest.mark.parametrize("data", [None, "notdata", 5])
+def test_recompute_batchnorm_refuses_what_is_not_data_in_one_line_even_without_batchnorm(data):
+    without_bn = dense_network(hidden=4)  # no BatchNormalization: still checked
+    for network in (without_bn, hta.merge(_trained()[0])):
+        with pytest.raises(ValueError, match="Argument `data`") as raised:
+            hta.recompute_batchnorm(network, data)
+        assert "\n" not in str(raised.value)
+
+
+def test_recompute_batchnorm_takes_the_inputs_in_batches_as_predict_does():
+    model, x = _trained()
+    plain = hta.merge(model, how="average")
+    assert hta.recompute_batchnorm(plain, x, batch_size=10) == 4  # 32 examples: 10 + 10 + 10 + 2
+    dense, bn = plain.layers[1], plain.layers[2]
+    h = [_np(dense(x[i:i + 10])) for i in range(0, 32, 10)]
+    np.testing.assert_allclose(_np(bn.moving_mean), np.mean([a.mean(0) for a in h], 0), atol=1e-5)
+    np.testing.assert_allclose(_np(bn.moving_variance), np.mean([a.var(0) for a in h], 0), atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        hta.recompute_batchnorm(plain, x, batch_size=0)
+
+
+def test_merge_returns_a_copy_and_leaves_the_model_as_it_was():
+    model, x = _trained()
+    theta, predicted = model.network.get_weights(), model.predict(x, verbose=0)
+    for how in ("theta", "eta", "average"):
+        plain = hta.merge(model, how=how, recompute_bn=[x[:16], x[16:]])
+        assert plain is not model.network
+    for now, before in zip(model.network.get_weights(), theta):
+        np.testing.assert_array_equal(now, before)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), predicted)
+    with pytest.raises(ValueError, match="in_place='yes'"):
+        hta.merge(model, in_place="yes")
