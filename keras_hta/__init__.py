@@ -10,7 +10,7 @@ lives in `keras_hta.experiments` and is never imported from here.
 import os as _os
 import sys as _sys
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "export_model",

@@ -522,3 +522,62 @@ def test_runs_written_meanwhile_by_another_process_are_kept(tmp_path, monkeypatc
     cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert sorted((r["arm"], r["seed"]) for r in runs) == [("hta", 0), ("sgd", 0), ("sgd", 7)]
+
+
+@pytest.mark.parametrize("command, says", [
+    (["compare", "--train-size", "5"], "--train-size 5"),  # fewer examples than MNIST-1D's 10 classes
+    (["compare", "--test-size", "3"], "--test-size 3"),
+    (["compare", "--test-size", "1001"], "--test-size 1001"),  # MNIST-1D has 1,000 test examples
+    (["compare", "--val-size", "4000"], "--val-size 4000"),  # and 4,000 training examples
+    (["compare", "--val-size", "0.5", "--train-size", "2001"], "--train-size 2001"),  # 2,000 left beside validation
+    (["tune", "--seed", "-5"], "--seed -5"),
+    (["tune", "--train-size", "5"], "--train-size 5"),
+])
+def test_sizes_and_seeds_that_cannot_fit_are_refused_before_any_data_loads(tmp_path, capsys, monkeypatch,
+                                                                            command, says):
+    from keras_hta.experiments import compare
+
+    monkeypatch.setattr(compare, "load_data", _no_data)
+    with pytest.raises(SystemExit) as info:
+        cli.main(command + ["--out" if command[0] == "compare" else "--directory", str(tmp_path / "run")])
+    line = _one_line(capsys)
+    assert info.value.code == 2 and f"Received: {says}" in line, line
+
+
+def test_sizes_are_checked_against_an_image_folder_before_it_loads(tmp_path, capsys, monkeypatch):
+    from keras_hta.experiments import compare
+
+    make_folder(tmp_path / "images", per_class=4, size=8)  # 3 classes: 12 training, 12 test images
+    monkeypatch.setattr(compare, "load_data", _no_data)
+    for flags, says in ((["--val-size", "12"], "--val-size 12"), (["--test-size", "13"], "--test-size 13"),
+                        (["--train-size", "2"], "--train-size 2")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["compare", "--data-dir", str(tmp_path / "images"), "--out", str(tmp_path / "run")] + flags)
+        line = _one_line(capsys)
+        assert info.value.code == 2 and f"Received: {says}" in line, line
+
+
+def test_a_tune_directory_that_is_a_file_is_refused_before_any_data_loads(tmp_path, capsys, monkeypatch):
+    from keras_hta.experiments import compare
+
+    monkeypatch.setattr(compare, "load_data", _no_data)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["tune", "--directory", str(tmp_path / "a_file")])
+    line = _one_line(capsys)
+    assert info.value.code == 2 and f"Received: --directory {tmp_path / 'a_file'}" in line and "is a file" in line
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--grid", "nan", "1"], "--grid nan 1.0"),
+    (["--grid", "0", "inf"], "--grid 0.0 inf"),
+    (["--n", "3"], "--n 3"),  # the paper gives grids for n = 2, 4, 6
+])
+def test_nonconvex_refuses_grids_it_cannot_solve_in_one_line_naming_the_flag(capsys, monkeypatch, flags, says):
+    from keras_hta.experiments import nonconvex
+
+    monkeypatch.setattr(nonconvex, "count_global_minima", lambda *a, **k: pytest.fail("solved before the check"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["nonconvex"] + flags)
+    line = _one_line(capsys)
+    assert info.value.code == 2 and f"Received: {says}" in line, line

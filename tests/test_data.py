@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from keras_hta.experiments import data
+from keras_hta.experiments import SIZES, data
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 tf = pytest.importorskip("tensorflow")
@@ -125,6 +125,7 @@ def test_mnist1d_is_generated_locally_and_deterministic():
     a, b = data.load_mnist1d(), data.load_mnist1d()
     np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG untouched
     assert a["x_train"].shape == (4000, 40) and a["x_test"].shape == (1000, 40)
+    assert (len(a["y_train"]), len(a["y_test"]), len(a["class_names"])) == SIZES["mnist1d"]  # known beforehand
     assert sorted(set(a["y_train"].tolist())) == list(range(10))
     np.testing.assert_array_equal(a["x_train"], b["x_train"])
 

@@ -102,3 +102,59 @@ def test_export_command_refuses_a_file_a_full_folder_and_a_missing_twin_before_l
     served, _ = _serve_in_fresh_process(tmp_path / "full", x, tmp_path)
     np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-5)
 
+
+
+def test_export_command_without_the_package_a_backend_needs_says_what_to_install_before_loading(
+        tmp_path, capsys, monkeypatch):
+    """On JAX without TensorFlow the SavedModel cannot be written: one line naming the package, nothing loaded."""
+    from keras_hta import step
+
+    model, _ = _trained()
+    model.save(tmp_path / "m.keras")
+    monkeypatch.setattr(step, "BACKEND", "jax")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(
+        name, *a))
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / "served")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "pip install tensorflow-cpu" in err, err
+    assert not (tmp_path / "served").exists()
+
+
+class _Unregistered(keras.layers.Layer):
+    """A layer Keras does not know by name (not registered), as user code defines one."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def test_export_command_names_a_class_keras_does_not_know_in_one_line(tmp_path, capsys):
+    x, y = regression_data(n=16)
+    inputs = keras.Input((4,))
+    network = keras.Model(inputs, keras.layers.Dense(3)(_Unregistered()(inputs)))
+    model = hta.HomotopyModel.from_model(network)
+    model.compile(optimizer="sgd", loss="mse")
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / "served")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "'_Unregistered'" in err, err
+    assert "custom_objects" in err and not (tmp_path / "served").exists()
+
+
+def test_export_command_loads_no_optimizer_and_prints_no_keras_warning(tmp_path, capsys, recwarn):
+    """A model compiled but never trained (its optimizer unbuilt, as a tuner's best model) exports without Keras'
+    'Skipping variable loading for optimizer' warning: export needs no optimizer."""
+    model, x = _trained()
+    fresh = hta.HomotopyModel.from_model(dense_network(hidden=6, batch_norm=True), homotopy_l=0.5)
+    fresh.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    fresh.set_weights(model.get_weights())
+    fresh.save(tmp_path / "m.keras")
+    cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / "served")])
+    captured = capsys.readouterr()
+    said = captured.out + captured.err + " ".join(str(w.message) for w in recwarn)
+    assert "Skipping variable loading" not in said and "Exported" in captured.out
+    served, _ = _serve_in_fresh_process(tmp_path / "served", x, tmp_path)
+    np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-5)

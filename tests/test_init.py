@@ -77,3 +77,15 @@ def test_every_flag_with_a_default_says_it_in_help(command, capsys):
         block = text[text.index(flag) + 1:]
         block = " ".join(block[:block.find("\n  -", 1) if "\n  -" in block[1:] else None].split())
         assert block.endswith(f"(default: {value})"), (dest, block)
+
+
+def test_cli_version_names_the_package_version_and_imports_no_keras():
+    import keras_hta
+
+    code = ("import sys; sys.argv = ['/usr/bin/keras-hta', '--version']\n"
+            "from keras_hta.experiments.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported Keras'\n")
+    out = run_bounded([sys.executable, "-c", code], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"keras-hta {keras_hta.__version__}" and out.stderr == ""

@@ -7,6 +7,7 @@ keras-tuner when it runs, so `keras-hta --help` answers at once.
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -22,9 +23,12 @@ def _anchor(text):
     if text in ("zeros", "init"):
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"anchor must be 'zeros', 'init' or a number, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"anchor must be 'zeros', 'init' or a finite number, got {text!r}")
+    return value
 
 
 def _nonconvex_parser(sub):
@@ -79,19 +83,32 @@ def _check_output_file(path, flag):
         raise ValueError(f"Argument `{flag}` cannot be written: {folder} is read-only. Received: {flag} {path}")
 
 
-def run_nonconvex(args):
+def _check_nonconvex_flags(args):
+    """Raises, naming the flag, for what `nonconvex` cannot run; before any start is solved."""
     from keras_hta.experiments.compare import l_schedule
 
-    flags = {"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step}
-    l_schedule(flags, build=False)
+    l_schedule({"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step}, build=False)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"Argument `--workers` must be >= 1. Received: --workers {args.workers}")
     if any(n < 1 for n in args.n):
         raise ValueError(f"Argument `--n` must be >= 1. Received: --n {' '.join(map(str, args.n))}")
+    from keras_hta.experiments.nonconvex import PAPER_TABLE1
+
+    if args.grid is None and any(n not in PAPER_TABLE1 for n in args.n):
+        raise ValueError(f"Argument `--n`: the paper gives start grids for n = {', '.join(map(str, PAPER_TABLE1))} "
+                         f"only; pass --grid for the others. Received: --n {' '.join(map(str, args.n))}")
+    if args.grid is not None and not all(math.isfinite(g) for g in args.grid):
+        raise ValueError(f"Argument `--grid` must be finite numbers. Received: --grid {' '.join(map(str, args.grid))}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             _check_output_file(path, flag)
-    schedule = l_schedule(flags)
+
+
+def run_nonconvex(args):
+    from keras_hta.experiments.compare import l_schedule
+
+    _check_nonconvex_flags(args)
+    schedule = l_schedule({"L_start": args.L_start, "L_stop": args.L_stop, "L_step": args.L_step})
     import keras
 
     from keras_hta.experiments import nonconvex
@@ -156,6 +173,26 @@ def _saved_twins(checkpoint):
     return int((config.get("config") or {}).get("num_groups", 2))
 
 
+def _load(checkpoint):
+    """`keras.models.load_model` without the optimizer (exporting needs none), its failures in one line."""
+    import re
+
+    import keras
+
+    try:
+        return keras.models.load_model(checkpoint, compile=False)
+    except (TypeError, ValueError) as error:
+        text = " ".join(str(error).split())
+        unknown = re.search(r"[Cc]ould not locate (?:class|function) '([^']+)'", text)
+        if unknown:
+            raise ValueError(
+                f"Argument `checkpoint` names '{unknown.group(1)}', which Keras does not know here: it is defined in "
+                "your code. Load and export it from Python after importing that code: "
+                "keras_hta.export_saved_model(keras.models.load_model(path, custom_objects=...), folder). "
+                f"Received: {checkpoint!r}") from None
+        raise ValueError(f"Argument `checkpoint` could not be loaded: {text[:300]}. Received: {checkpoint!r}") from None
+
+
 def run_export(args):
     import zipfile
 
@@ -175,12 +212,14 @@ def run_export(args):
     if os.path.isdir(args.path) and os.listdir(args.path) and not args.overwrite:
         raise ValueError(f"Argument `path` is a folder that holds files; pass --overwrite to replace it. "
                          f"Received: {args.path!r}")
-    import keras
-
     import keras_hta
+    from keras_hta import step
     from keras_hta.homotopy_model import HomotopyModel  # registers the class before Keras looks it up
 
-    model = keras.models.load_model(args.checkpoint)
+    problem = step.export_problem("keras-hta export", "tf_saved_model")  # before the model is loaded
+    if problem is not None:
+        raise problem
+    model = _load(args.checkpoint)
     if not isinstance(model, HomotopyModel):
         raise TypeError(f"Argument `checkpoint` must hold a HomotopyModel. Received: a {type(model).__name__}")
     how = int(args.how) if args.how.isdigit() else args.how
@@ -218,7 +257,10 @@ def _kept(args):
 
 
 def build_parser():
+    from keras_hta import __version__
+
     parser = argparse.ArgumentParser(prog="keras-hta", description="The Homotopy Training Algorithm for Keras.")
+    parser.add_argument("--version", action="version", version=f"keras-hta {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _nonconvex_parser(sub)
     _export_parser(sub)
@@ -269,6 +311,8 @@ def main(argv=None):
                            "(pip install \"keras-hta[cpu]\"), or run it on TensorFlow's backend\n")
         parser.exit(2, f"keras-hta {args.command}: error: {error.name} is not installed; the experiment "
                        "harness needs its extras: pip install \"keras-hta[experiments]\"\n")
+    except ImportError as error:  # keras-hta's own, naming what to install (an export format's package)
+        parser.exit(2, f"keras-hta {args.command}: error: {error}\n")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -232,7 +232,47 @@ def data_model_config(args, keys, arms=("sgd",)):
         if not tarfile.is_tarfile(args.data_dir):
             raise ValueError("Argument `--data-dir` is a file but not a .tar or .tar.gz archive of image folders. "
                              f"Received: --data-dir {args.data_dir}")
+    sizes = _known_sizes(args)
+    if sizes is not None:
+        check_sizes(config, *sizes)
     return config
+
+
+def _known_sizes(args):
+    """(training examples, test examples, classes) of the data set, where known without loading it; else None."""
+    from keras_hta.experiments import SIZES  # not `data`, which starts Keras (and TensorFlow, before --threads)
+
+    if not args.data_dir:
+        return SIZES.get(args.dataset)
+    if not os.path.isdir(args.data_dir):
+        return None  # an archive: counted once unpacked
+    count = lambda split: sum(len(files) for _, _, files in os.walk(os.path.join(args.data_dir, split)))  # noqa: E731
+    classes = [c for c in os.listdir(os.path.join(args.data_dir, "train"))
+               if os.path.isdir(os.path.join(args.data_dir, "train", c))]
+    return count("train"), count("test"), len(classes)
+
+
+def check_sizes(config, n_train, n_test, classes):
+    """Raises, naming the flag, unless `--val-size`, `--train-size` and `--test-size` fit the data; returns the
+    number of validation examples.
+
+    Checked before loading where the sizes are known (MNIST-1D, CIFAR-10, an
+    image folder), and on the loaded data.
+    """
+    val = config.get("val_size") or 0
+    n_val = int(round(val * n_train)) if val < 1 else int(val)
+    if not 0 < n_val < n_train:
+        raise ValueError(f"Argument `--val-size` must leave training data: {n_val} of {n_train} examples. "
+                         f"Received: --val-size {val:g}")
+    for key, split, available in (("train_size", "train", n_train - n_val), ("test_size", "test", n_test)):
+        size, flag = config.get(key), f"--{key.replace('_', '-')}"
+        if size and size > available:
+            raise ValueError(f"Argument `{flag}` exceeds the {available} {split} examples available. "
+                             f"Received: {flag} {size}")
+        if size and size < classes:
+            raise ValueError(f"Argument `{flag}` must be at least the number of classes ({classes}), so that each "
+                             f"class has an example. Received: {flag} {size}")
+    return n_val
 
 
 def load_data(config, tfds_dir=None, cache_dir=None):
@@ -251,11 +291,7 @@ def load_data(config, tfds_dir=None, cache_dir=None):
     else:
         d = data.load_mnist1d()
     n = len(d["y_train"])
-    val = config.get("val_size") or 0
-    n_val = int(round(val * n)) if val < 1 else int(val)
-    if not 0 < n_val < n:
-        raise ValueError(f"Argument `--val-size` must leave training data: {n_val} of {n} examples. "
-                         f"Received: --val-size {val:g}")
+    n_val = check_sizes(config, n, len(d["y_test"]), len(d["class_names"]))
     held = np.zeros(n, bool)
     held[data.stratified_indices(d["y_train"], n_val, DATA_SEED)] = True
     d["x_val"], d["y_val"] = d["x_train"][held], d["y_train"][held]
@@ -263,9 +299,6 @@ def load_data(config, tfds_dir=None, cache_dir=None):
     for split, key, available in (("train", "train_size", train), ("test", "test_size", np.arange(len(d["y_test"])))):
         size = config.get(key)
         if size:
-            if size > len(available):
-                raise ValueError(f"Argument `--{key.replace('_', '-')}` exceeds the {len(available)} {split} "
-                                 f"examples available. Received: --{key.replace('_', '-')} {size}")
             labels = d[f"y_{split}"][available]
             available = available[data.stratified_indices(labels, size, DATA_SEED)]
         d[f"x_{split}"], d[f"y_{split}"] = d[f"x_{split}"][available], d[f"y_{split}"][available]

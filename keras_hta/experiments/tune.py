@@ -36,6 +36,9 @@ def run_tune(args):
                                               "train_size", "test_size", "val_size"))
     if args.max_trials < 1:
         raise ValueError(f"Argument `--max-trials` must be >= 1. Received: --max-trials {args.max_trials}")
+    if args.seed < 0:
+        raise ValueError(f"Argument `--seed` must be >= 0. Received: --seed {args.seed}")
+    compare.check_writable_folder(args.directory, "--directory")
     compare.check_norm_flags(args.norm, args.penalty_update)
     import keras  # after every flag is checked
     import keras_tuner
