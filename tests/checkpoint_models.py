@@ -44,6 +44,21 @@ class Residual(keras.Model):
         return {"units": self.units, "name": self.name, "trainable": self.trainable}
 
 
+@keras.saving.register_keras_serializable(package="keras_hta_checkpoints")
+class Trunk(keras.Model):
+    """A Functional subclass that builds its graph in `__init__`, as keras-hub's backbones do."""
+
+    def __init__(self, width=6, **kwargs):
+        inputs = keras.Input((4,), name="features")
+        h = keras.layers.Dense(width, name="mix")(inputs)
+        outputs = keras.layers.Dense(5, activation="tanh", name="frozen")(h)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.width = width
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name, "trainable": self.trainable}
+
+
 def data(n=24):
     rng = np.random.default_rng(5)
     return rng.normal(size=(n, 4)).astype("float32"), rng.normal(size=(n, 3)).astype("float32")
@@ -75,6 +90,19 @@ def _lora_block():
     return network
 
 
+def _head_on_trunk_inputs():
+    """A head built on a trunk's own inputs, as on a keras-hub backbone's; LoRA inside the trunk and on the head, a
+    frozen layer in the trunk (written by keras-hta 0.4, which saves LoRA and frozen layers by path: the rebuilt
+    network lists the trunk's input layer once more, before the head)."""
+    trunk = Trunk(name="trunk")
+    trunk.get_layer("mix").enable_lora(2)
+    trunk.get_layer("frozen").trainable = False
+    head = keras.layers.Dense(3, name="head")
+    network = keras.Model(trunk.input, head(trunk(trunk.input)), name="head_on_trunk")
+    head.enable_lora(2)
+    return network
+
+
 def _residual():
     net = Residual(name="residual")
     net(np.zeros((1, 4), "float32"))
@@ -95,6 +123,9 @@ CHECKPOINTS = {
     "lora_bn_frozen_random_3twins": (
         _lora_block, dict(split="random", seed=5, num_groups=3, anchor="init"),
         lambda: keras.optimizers.Adam(0.02)),
+    "head_on_trunk_inputs_lora_frozen_layers": (
+        _head_on_trunk_inputs, dict(split="layers", anchor="init"),
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9)),
 }
 
 
