@@ -24,6 +24,8 @@ import sys
 
 from keras_hta.experiments import cli
 
+import common  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS = ["--arms", "sgd", "hta", "hta_l2", "sgd_ema"]
 LABELS = {"sgd": "SGD", "hta": "HTA (proximal)", "hta_l2": "HTA (l2, explicit)", "sgd_ema": "SGD + EMA"}
@@ -48,7 +50,7 @@ def render(folders, seconds=False, root=os.path.join(HERE, "results")):
 
     head = ["model", "arm", "validation acc.", "test accuracy mean ± sample std", "max",
             "rate of improvement over SGD", "p vs SGD"] + (["seconds per run"] if seconds else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for folder, model in folders:
         with open(os.path.join(root, folder, "results.json")) as f:
             saved = json.load(f)
@@ -63,8 +65,8 @@ def render(folders, seconds=False, root=os.path.join(HERE, "results")):
                 p = stats.format_p(float(scipy_stats.ttest_ind(accuracy[arm], accuracy["sgd"], equal_var=False).pvalue))
             cells = [model, label, f"{a['val_acc_mean']:.2f}%", f"{a['acc_mean']:.2f}% ± {a['acc_std']:.2f}%",
                      f"{a['acc_max']:.2f}%", roi, p] + ([f"{a['seconds_mean']:.0f}"] if seconds else [])
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append(cells)
+    return "\n".join(common.table(head, rows)) + "\n"
 
 
 def main():

@@ -46,9 +46,10 @@ import sys
 import tempfile
 import time
 
+import common  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)  # the repository's keras_hta, installed or not (the stages run this file too)
 STAGES = ("a", "b", "c", "e", "d")  # the order they run in: d, last, trains for the time the others left
 LIMITS = {"a": 80, "b": 60, "c": 150, "e": 70}  # seconds at most per stage on the GPU; d: what is left
 D_MINIMUM = 120  # seconds kept for stage d whatever the others take
@@ -399,71 +400,85 @@ def stage_e(args, save):
 
 
 def report(out, results):
-    lines = [f"# GPU check ({results.get('card', '?')}, Keras on JAX)", ""]
-    a = results.get("a")
-    if a:
-        lines += ["## a. Correctness against the CPU (20 steps, proximal update)", "",
-                  "| policy | jit_compile | max abs diff of θ vs CPU float32 | plain Keras's, the same way | seconds |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['policy']} | {r['jit_compile']} | {r['max_abs_diff_vs_cpu']:.2e} | "
-                  f"{r['plain_keras_max_abs_diff_vs_cpu']:.2e} | {r['seconds']} |" for r in a["rows"]]
-    b = results.get("b")
-    if b:
-        lines += ["", "## b. DataParallel, 2 devices vs 1", ""]
-        lines += [f"skipped: {b['skipped']}" if "skipped" in b else
-                  f"max abs diff {b['max_abs_diff']:.2e} (target {b['target']:g}) on {', '.join(b['devices'])}"]
-    c = results.get("c")
-    if c:
-        lines += ["", "## c. Step time", "", "| model | XLA | plain s | HTA s | split s | HTA/plain | HTA/(2 plain) | "
-                  "split/plain | peak MiB plain / HTA / split |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in c["rows"]:
-            peaks = " / ".join("-" if r.get(f"{v}_peak_mib") is None else f"{r[f'{v}_peak_mib']:.0f}"
-                               for v in ("plain", "hta", "hta_split"))
-            lines.append(f"| {r['model']} w{r['width']:g} b{r['batch']} | {r['jit_compile']} | {r['plain_s']:.4f} | "
-                         f"{r['hta_s']:.4f} | {r['hta_split_s']:.4f} | {r['hta_over_plain']:.2f} | "
-                         f"{r['hta_over_2plain']:.2f} | {r['split_over_plain']:.2f} | {peaks} |")
-    d = results.get("d")
-    if d:
-        lines += ["", f"## d. CIFAR-10, VGG11-BN (width {d['width']:g}, batch {d['batch']})", "",
-                  f"decoding {d['decode_s']} s; input pipeline alone (one thread, NumPy): "
-                  f"{d['pipeline_images_per_s']:.0f} images/s"]
-        if "probe" in d:
-            lines += [f"sizing: compilation {d['probe']['compile_s']} s, an SGD epoch {d['probe']['sgd_epoch_s']} s "
-                      f"(from {d['probe']['steps']} timed steps), {d['budget_s']} s of training for both arms"]
-        lines += ["", "| arm | epochs | test accuracy | seconds | first epoch s | later epochs s (median) | "
-                  "training images/s |", "|---|---|---|---|---|---|---|"]
-        for arm, r in d.get("arms", {}).items():
-            later = "-" if r["later_epoch_s"] is None else r["later_epoch_s"]
-            lines.append(f"| {arm} | {r['epochs']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']} | "
-                         f"{r['first_epoch_s']} | {later} | {r['train_images_per_s']:.0f} |")
-    e = results.get("e")
-    if e:
-        lines += ["", "## e. Fused twins (vmap) against two calls, forward + backward", "",
-                  "| model | width | batch | two calls s | fused s | fused / two | max abs grad diff |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['width']:g} | {r['batch']} | {r['two_calls_s']:.4f} | {r['fused_vmap_s']:.4f} | "
-                  f"{r['fused_over_two']:.2f} | {r['max_abs_grad_diff']:.1e} |" for r in e["rows"]]
-    for stage, error in results.get("errors", {}).items():
-        lines += ["", f"Stage {stage} did not finish: {error}"]
+    """gpu_check.md (and step_time.png from stage c) in `out`; returns the Markdown."""
     from keras_hta.experiments import write_atomic
 
+    lines = [f"# GPU check ({results.get('card', '?')}, Keras on JAX)", ""]
+    sections = {"a": _report_a, "b": _report_b, "c": _report_c, "d": _report_d, "e": _report_e}
+    for stage, section in sections.items():
+        if results.get(stage):
+            lines += section(results[stage])
+    for stage, error in results.get("errors", {}).items():
+        lines += ["", f"Stage {stage} did not finish: {error}"]
     write_atomic(os.path.join(out, "gpu_check.md"), lambda f: f.write("\n".join(lines) + "\n"))
-    if c:
-        from keras_hta.experiments.plots import _pyplot
-
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6, 4))
-        labels = [f"{r['model']}\n{'XLA' if r['jit_compile'] else 'no XLA'}" for r in c["rows"]]
-        ax.bar([i - 0.2 for i in range(len(labels))], [r["hta_over_2plain"] for r in c["rows"]], 0.4,
-               label="HTA / (2 x plain)")
-        ax.bar([i + 0.2 for i in range(len(labels))], [r["split_over_plain"] for r in c["rows"]], 0.4,
-               label="HTA split / plain")
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_title(f"step-time ratios ({results.get('card', '?')})")
-        ax.legend()
-        fig.tight_layout()
-        write_atomic(os.path.join(out, "step_time.png"), lambda f: fig.savefig(f, dpi=120, format="png"), mode="wb")
+    if results.get("c"):
+        _plot_step_time(out, results["c"], results.get("card", "?"))
     return "\n".join(lines)
+
+
+def _report_a(a):
+    rows = [[r["policy"], str(r["jit_compile"]), f"{r['max_abs_diff_vs_cpu']:.2e}",
+             f"{r['plain_keras_max_abs_diff_vs_cpu']:.2e}", str(r["seconds"])] for r in a["rows"]]
+    return ["## a. Correctness against the CPU (20 steps, proximal update)", ""] + common.table(
+        ["policy", "jit_compile", "max abs diff of θ vs CPU float32", "plain Keras's, the same way", "seconds"], rows)
+
+
+def _report_b(b):
+    return ["", "## b. DataParallel, 2 devices vs 1", "",
+            f"skipped: {b['skipped']}" if "skipped" in b else
+            f"max abs diff {b['max_abs_diff']:.2e} (target {b['target']:g}) on {', '.join(b['devices'])}"]
+
+
+def _report_c(c):
+    rows = []
+    for r in c["rows"]:
+        peaks = " / ".join("-" if r.get(f"{v}_peak_mib") is None else f"{r[f'{v}_peak_mib']:.0f}"
+                           for v in ("plain", "hta", "hta_split"))
+        rows.append([f"{r['model']} w{r['width']:g} b{r['batch']}", str(r["jit_compile"]), f"{r['plain_s']:.4f}",
+                     f"{r['hta_s']:.4f}", f"{r['hta_split_s']:.4f}", f"{r['hta_over_plain']:.2f}",
+                     f"{r['hta_over_2plain']:.2f}", f"{r['split_over_plain']:.2f}", peaks])
+    return ["", "## c. Step time", ""] + common.table(
+        ["model", "XLA", "plain s", "HTA s", "split s", "HTA/plain", "HTA/(2 plain)", "split/plain",
+         "peak MiB plain / HTA / split"], rows)
+
+
+def _report_d(d):
+    lines = ["", f"## d. CIFAR-10, VGG11-BN (width {d['width']:g}, batch {d['batch']})", "",
+             f"decoding {d['decode_s']} s; input pipeline alone (one thread, NumPy): "
+             f"{d['pipeline_images_per_s']:.0f} images/s"]
+    if "probe" in d:
+        lines += [f"sizing: compilation {d['probe']['compile_s']} s, an SGD epoch {d['probe']['sgd_epoch_s']} s "
+                  f"(from {d['probe']['steps']} timed steps), {d['budget_s']} s of training for both arms"]
+    rows = [[arm, str(r["epochs"]), f"{100 * r['test_accuracy']:.2f}%", str(r["seconds"]), str(r["first_epoch_s"]),
+             "-" if r["later_epoch_s"] is None else str(r["later_epoch_s"]), f"{r['train_images_per_s']:.0f}"]
+            for arm, r in d.get("arms", {}).items()]
+    return lines + [""] + common.table(["arm", "epochs", "test accuracy", "seconds", "first epoch s",
+                                        "later epochs s (median)", "training images/s"], rows)
+
+
+def _report_e(e):
+    rows = [[r["model"], f"{r['width']:g}", str(r["batch"]), f"{r['two_calls_s']:.4f}", f"{r['fused_vmap_s']:.4f}",
+             f"{r['fused_over_two']:.2f}", f"{r['max_abs_grad_diff']:.1e}"] for r in e["rows"]]
+    return ["", "## e. Fused twins (vmap) against two calls, forward + backward", ""] + common.table(
+        ["model", "width", "batch", "two calls s", "fused s", "fused / two", "max abs grad diff"], rows)
+
+
+def _plot_step_time(out, c, card):
+    from keras_hta.experiments import write_atomic
+    from keras_hta.experiments.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [f"{r['model']}\n{'XLA' if r['jit_compile'] else 'no XLA'}" for r in c["rows"]]
+    ax.bar([i - 0.2 for i in range(len(labels))], [r["hta_over_2plain"] for r in c["rows"]], 0.4,
+           label="HTA / (2 x plain)")
+    ax.bar([i + 0.2 for i in range(len(labels))], [r["split_over_plain"] for r in c["rows"]], 0.4,
+           label="HTA split / plain")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_title(f"step-time ratios ({card})")
+    ax.legend()
+    fig.tight_layout()
+    write_atomic(os.path.join(out, "step_time.png"), lambda f: fig.savefig(f, dpi=120, format="png"), mode="wb")
 
 
 def _child(args):
@@ -482,16 +497,10 @@ def _child(args):
 
 def _versions():
     """What the check ran on, read without importing JAX (the driver must not take the GPU's memory)."""
-    import importlib.metadata
     import platform
 
-    versions = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "keras", "numpy", "pillow"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+    return {"python": platform.python_version(), **common.package_versions(
+        ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "keras", "numpy", "pillow"))}
 
 
 def _stage_limits(stage, remaining, dry_run, d_follows=True):
@@ -503,7 +512,7 @@ def _stage_limits(stage, remaining, dry_run, d_follows=True):
     return limit, max(0.5, (limit - D_OVERHEAD * scale) / 60)
 
 
-def main():
+def _parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
@@ -530,19 +539,56 @@ def main():
         args.stages = ["d"]
     if "d" in args.stages and not args.dry_run and not os.path.exists(args.data):
         parser.error(f"argument --data does not exist. Received: {args.data}")
+    return args
+
+
+def _stage_env(args):
+    """The stages' environment: JAX whatever the caller's backend; the CPU for a dry run or a rehearsal."""
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    # Stage d's decoded images: in the temporary folder unless told otherwise (a lent machine's home may not be ours).
+    env.setdefault("KERAS_HTA_CACHE", os.path.join(tempfile.gettempdir(), "keras_hta_gpu_check"))
+    if args.dry_run:  # two host devices stand in for two GPUs
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    if args.dry_run or args.rehearse:
+        env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _run_stage(args, stage, limit, minutes, env):
+    """Runs one stage in a fresh process bounded by `limit` seconds; returns (what it saved or None, error or None)."""
+    command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--out", args.out, "--data", args.data,
+               "--minutes-d", f"{minutes:.3f}"] + (["--dry-run"] if args.dry_run else []) + \
+        (["--rehearse"] if args.rehearse else [])
+    path = _stage_path(args.out, stage)
+    if os.path.exists(path):
+        os.remove(path)  # an earlier run's rows are not this run's
+    error = None
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=limit)
+        if done.returncode:
+            tail = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+            error = tail[-1][:300]
+            print("\n".join(tail[-25:]), flush=True)  # what a lent GPU's output must show
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {limit:.0f} s"
+    saved = _read_stage(args.out, stage)
+    if saved is not None and not saved.get("complete"):
+        kept = len(saved.get("rows", saved.get("arms", [])))
+        error = (error or "did not finish") + f"; kept what it finished: {kept} row(s)"
+    for name in os.listdir(args.out):  # a temporary file of a write the time limit cut short
+        if name.startswith(f".stage_{stage}.json-"):
+            os.remove(os.path.join(args.out, name))
+    return saved, error
+
+
+def main():
+    sys.path.insert(0, ROOT)  # the repository's keras_hta, installed or not (the stages run this file too)
+    args = _parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.stage:
         _child(args)
         return 0
-
-    env = dict(os.environ, KERAS_BACKEND="jax")  # the stages run on JAX whatever the caller's backend
-    # Stage d's decoded images: in the temporary folder unless told otherwise (a lent machine's home may not be ours).
-    env.setdefault("KERAS_HTA_CACHE", os.path.join(tempfile.gettempdir(), "keras_hta_gpu_check"))
-    if args.dry_run:  # two host devices stand in for two GPUs, and JAX stays on the CPU
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-        env["JAX_PLATFORMS"] = "cpu"
-    if args.rehearse:
-        env["JAX_PLATFORMS"] = "cpu"
+    env = _stage_env(args)
     budget = args.budget * (DRY_RUN_SCALE if args.dry_run else 1)
     results, errors, began = {}, {}, time.perf_counter()
     for stage in [s for s in STAGES if s in args.stages]:
@@ -550,40 +596,20 @@ def main():
                                        d_follows="d" in args.stages)
         minutes = args.minutes_d if minutes is None else min(args.minutes_d, minutes)
         print(f"stage {stage} ... (at most {limit:.0f} s)", flush=True)
-        command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--out", args.out, "--data", args.data,
-                   "--minutes-d", f"{minutes:.3f}"] + (["--dry-run"] if args.dry_run else []) + \
-            (["--rehearse"] if args.rehearse else [])
-        path = _stage_path(args.out, stage)
-        if os.path.exists(path):
-            os.remove(path)  # an earlier run's rows are not this run's
         start = time.perf_counter()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=limit)
-            if done.returncode:
-                tail = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
-                errors[stage] = tail[-1][:300]
-                print("\n".join(tail[-25:]), flush=True)  # what a lent GPU's output must show
-        except subprocess.TimeoutExpired:
-            errors[stage] = f"timed out after {limit:.0f} s"
-        saved = _read_stage(args.out, stage)
+        saved, error = _run_stage(args, stage, limit, minutes, env)
         if saved is not None:
             results[stage], results["card"] = saved, saved.get("card")
-            if not saved.get("complete"):
-                kept = len(saved.get("rows", saved.get("arms", [])))
-                errors[stage] = errors.get(stage, "did not finish") + f"; kept what it finished: {kept} row(s)"
-        for name in os.listdir(args.out):  # a temporary file of a write the time limit cut short
-            if name.startswith(f".stage_{stage}.json-"):
-                os.remove(os.path.join(args.out, name))
-        done_line = "done" if stage not in errors else errors[stage]
-        print(f"stage {stage}: {done_line} in {time.perf_counter() - start:.0f} s", flush=True)
+        if error:
+            errors[stage] = error
+        print(f"stage {stage}: {error or 'done'} in {time.perf_counter() - start:.0f} s", flush=True)
     for stage in [s for s in STAGES if s not in args.stages]:  # an earlier run's, for one report of them all
         saved = _read_stage(args.out, stage)
         if saved is not None:
             results[stage] = saved
-    results["errors"] = errors
-    results["versions"] = _versions()
-    results["seconds"] = round(time.perf_counter() - began, 1)
-    results["command"] = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:])
+    results.update(errors=errors, versions=_versions(), seconds=round(time.perf_counter() - began, 1),
+                   command=command, provenance=common.provenance(command))
     _write(os.path.join(args.out, "gpu_check.json"), results)
     print(report(args.out, results))
     print(f"\ncard: {results.get('card')}")

@@ -20,6 +20,8 @@ import os
 import subprocess
 import sys
 
+import common  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = (1, 0)
 ENVIRONMENTS = ("idle", "one-cpu", "loaded")
@@ -55,8 +57,9 @@ def _runs(out, threads, environment):
 
 def render(out):
     """The table of the cases found under `out`, from their results.json."""
-    lines = ["| --threads | environment | SGD test error | HTA test error | HTA − SGD (points) "
-             "| every run identical to the idle one |", "|---|---|---|---|---|---|"]
+    head = ["--threads", "environment", "SGD test error", "HTA test error", "HTA − SGD (points)",
+            "every run identical to the idle one"]
+    rows = []
     for threads in THREADS:
         if not os.path.exists(os.path.join(out, f"threads{threads}-idle", "results.json")):
             continue
@@ -68,9 +71,9 @@ def render(out):
             error = {arm: sum(r["test_error"] for r in runs if r["arm"] == arm) / sum(r["arm"] == arm for r in runs)
                      for arm in ("sgd", "hta")}
             same = all(a[k] == b[k] for a, b in zip(runs, idle) for k in ("val_error", "test_error", "train_loss"))
-            lines.append(f"| {threads} | {environment} | {error['sgd']:.2f}% | {error['hta']:.2f}% | "
-                         f"{error['hta'] - error['sgd']:+.2f} | {'yes' if same else 'no'} |")
-    return "\n".join(lines) + "\n"
+            rows.append([str(threads), environment, f"{error['sgd']:.2f}%", f"{error['hta']:.2f}%",
+                         f"{error['hta'] - error['sgd']:+.2f}", "yes" if same else "no"])
+    return "\n".join(common.table(head, rows)) + "\n"
 
 
 def main():

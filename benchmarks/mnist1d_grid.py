@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+import common  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 # (folder suffix, flags of `keras-hta compare`, the HTA setting in words)
@@ -40,14 +42,15 @@ RUNS = (
 
 def render(root=RESULTS):
     """The grid's table, from each run's results.json under `root`."""
-    lines = ["| run (folder under benchmarks/results/) | model | HTA setting | SGD | HTA |", "|---|---|---|---|---|"]
+    rows = []
     for name, _, setting in RUNS:
         with open(os.path.join(root, f"mnist1d-{name}", "results.json")) as f:
             saved = json.load(f)
         summary = saved["summary"]
         cells = [f"{summary[arm]['acc_mean']:.2f} ± {summary[arm]['acc_std']:.2f}%" for arm in ("sgd", "hta")]
-        lines.append(f"| mnist1d-{name} | {saved['config']['model']} | {setting} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"mnist1d-{name}", saved["config"]["model"], setting, *cells])
+    head = ["run (folder under benchmarks/results/)", "model", "HTA setting", "SGD", "HTA"]
+    return "\n".join(common.table(head, rows)) + "\n"
 
 
 def main():

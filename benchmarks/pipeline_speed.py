@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+import common  # beside this file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -72,7 +74,7 @@ def main():
         lines.append(f"| {kind} | {r['backend']} | {r['images_per_s']:.0f} | {r['images']} |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "pipeline_speed.json"), "w") as f:
-        json.dump({"command": command, "rows": rows}, f, indent=1)
+        json.dump({"command": command, "provenance": common.provenance(command), "rows": rows}, f, indent=1)
     with open(os.path.join(args.out, "pipeline_speed.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -24,61 +24,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402  (beside this file)
+from common import MODELS, StepTimes, build, dataset, package_versions, table  # noqa: E402,F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # plain_half: plain fit on half batches; hta_gradient: the explicit penalty step.
 VARIANTS = ("plain", "hta", "hta_split", "plain_half", "hta_gradient")
 PEAK_VARIANTS = ("plain", "hta", "hta_split")
-MODELS = {  # name: (builder args, input shape, batch size)
-    "vgg11/8": (("vgg11", 0.125), (32, 32, 3), 128),
-    "vgg11/4": (("vgg11", 0.25), (32, 32, 3), 128),
-    "vgg11/2": (("vgg11", 0.5), (32, 32, 3), 128),
-    "cnn1d": (("cnn1d", 1.0), (40, 1), 128),
-}
-
-
-def build(model_name, variant):
-    import keras
-
-    import keras_hta as hta
-    from keras_hta.experiments import models
-
-    (arch, width), shape, _ = MODELS[model_name]
-    keras.utils.set_random_seed(0)
-    network = models.get(arch, width, 10, shape)
-    # L = 0.5 keeps the explicit step stable at this learning rate; L does not change the cost.
-    model = network if variant.startswith("plain") else hta.HomotopyModel.from_model(
-        network, homotopy_l=0.5, twin_batch="split" if variant == "hta_split" else "full",
-        penalty_update="gradient" if variant == "hta_gradient" else "proximal")
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
-def dataset(model_name, steps, half=False):
-    """Four fixed batches, repeated: tf.data on TensorFlow, a PyDataset elsewhere."""
-    import keras
-
-    _, shape, batch = MODELS[model_name]
-    batch = batch // 2 if half else batch
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * 4,) + shape).astype("float32")
-    y = rng.integers(0, 10, size=batch * 4).astype("int32")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(2)
-
-    from keras_hta.experiments.data import RepeatedBatches
-
-    return RepeatedBatches(x, y, batch)
-
-
 def device_name():
     """The accelerator's name, or the CPU with its core count."""
     import keras
@@ -101,21 +58,6 @@ def device_name():
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     return f"CPU ({os.cpu_count()} cores)"
-
-
-class StepTimes:
-    def __init__(self):
-        import keras
-
-        class Callback(keras.callbacks.Callback):
-            def on_train_batch_begin(cb, batch, logs=None):
-                cb.start = time.perf_counter()
-
-            def on_train_batch_end(cb, batch, logs=None):
-                self.times.append(time.perf_counter() - cb.start)
-
-        self.times = []
-        self.callback = Callback()
 
 
 def state_bytes(model):
@@ -220,17 +162,18 @@ def render(rows):
 
     What benchmarks/RESULTS.md §4 shows; a test re-renders it from the committed JSON.
     """
-    lines = ["| model | backend | device | plain s/step | HTA s/step | HTA split s/step | HTA / plain | HTA / (2 x plain) | "
-             "split / plain | 2 x plain(half batch) / plain | proximal / gradient HTA | state MiB plain / HTA | "
-             "state HTA / plain | peak RSS MiB plain / HTA / split |",
-             "|" + "---|" * 14]
+    head = ["model", "backend", "device", "plain s/step", "HTA s/step", "HTA split s/step", "HTA / plain",
+            "HTA / (2 x plain)", "split / plain", "2 x plain(half batch) / plain", "proximal / gradient HTA",
+            "state MiB plain / HTA", "state HTA / plain", "peak RSS MiB plain / HTA / split"]
+    cells = []
     for r in rows:
         peak = " / ".join(f"{r[f'{v}_peak_mib']:.0f}" for v in PEAK_VARIANTS) if "plain_peak_mib" in r else "-"
-        lines.append(f"| {r['model']} | {r.get('backend', 'tensorflow')} | {r['device']} | {r['plain_s']:.4f} | "
-                     f"{r['hta_s']:.4f} | {r['hta_split_s']:.4f} | "
-                     f"{r['hta_over_plain']:.2f} | {r['hta_over_2plain']:.2f} | {r['split_over_plain']:.2f} | "
-                     f"{r['split_floor']:.2f} | {r['proximal_over_gradient']:.3f} | "
-                     f"{r['plain_state_mib']:.2f} / {r['hta_state_mib']:.2f} | {r['state_ratio']:.3f} | {peak} |")
+        cells.append([r["model"], r.get("backend", "tensorflow"), r["device"], f"{r['plain_s']:.4f}",
+                      f"{r['hta_s']:.4f}", f"{r['hta_split_s']:.4f}", f"{r['hta_over_plain']:.2f}",
+                      f"{r['hta_over_2plain']:.2f}", f"{r['split_over_plain']:.2f}", f"{r['split_floor']:.2f}",
+                      f"{r['proximal_over_gradient']:.3f}", f"{r['plain_state_mib']:.2f} / {r['hta_state_mib']:.2f}",
+                      f"{r['state_ratio']:.3f}", peak])
+    lines = table(head, cells)
     backends = sorted({r.get("backend", "tensorflow") for r in rows})
     if len(backends) > 1:
         lines.append("")
@@ -243,13 +186,6 @@ def render(rows):
     return "\n".join(lines) + "\n"
 
 
-def package_versions():
-    """The installed versions of Keras, the three backends and NumPy (what a results file records)."""
-    from keras_hta.experiments.provenance import package_versions as installed
-
-    return installed(("keras", "tensorflow-cpu", "jax", "torch", "numpy"))
-
-
 def write_report(rows, out):
     """step_time.json (with the versions and threads that produced it), step_time.md and step_time.png."""
     import platform
@@ -257,16 +193,17 @@ def write_report(rows, out):
     os.makedirs(out, exist_ok=True)
     versions = package_versions()
     with open(os.path.join(out, "step_time.json"), "w") as f:
-        json.dump({"command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]), "versions": versions,
-                   "python": platform.python_version(), "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
+        command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
+        json.dump({"command": command, "versions": versions, "python": platform.python_version(),
+                   "cpus": os.cpu_count(), "provenance": common.provenance(command), "rows": rows}, f, indent=1)
     backends = sorted({r.get("backend", "tensorflow") for r in rows})
-    table = render(rows)
+    rendered = render(rows)
     device = rows[0]["device"] if rows else "?"
     with open(os.path.join(out, "step_time.md"), "w") as f:
-        f.write(table)
-    from keras_hta.experiments.plots import _pyplot
+        f.write(rendered)
+    from keras_hta.experiments.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [r["model"] + (f"\n{r['backend']}" if len(backends) > 1 else "") for r in rows]
     ax.bar(np.arange(len(rows)) - 0.2, [r["hta_over_2plain"] for r in rows], 0.4, label="HTA / (2 x plain)")
@@ -279,7 +216,7 @@ def write_report(rows, out):
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "step_time.png"), dpi=120)
-    print(table)
+    print(rendered)
     return rows
 
 

@@ -376,7 +376,7 @@ def main():
         parser.error("argument --arms must include sgd (every other arm uses its tuned optimizer)")
     import keras
 
-    from keras_hta.experiments import compare, plots
+    from keras_hta.experiments import compare, plots, provenance
 
     config = {**DATA[args.data][0], "val_size": 5000 if args.data == "cifar10" else 0.1,
               "train_size": args.train_size, "test_size": None}
@@ -423,7 +423,8 @@ def main():
                 continue
             epochs = 2 * args.epochs if arm == "sgd_2x" else args.epochs
             record = train(arm, FixedHP(values), d, config, seed, epochs, sgd, final=True)
-            runs.append({"seed": seed, **record})
+            runs.append({"seed": seed, **record, "provenance": provenance.record(
+                f"KERAS_BACKEND={backend} python benchmarks/study.py " + " ".join(sys.argv[1:]))})
             compare.write_json_atomic(path, state)
             print(f"  final {arm} seed {seed}: test {100 * record['test_accuracy']:.2f}% "
                   f"({record['seconds']:.0f} s)", flush=True)

@@ -39,16 +39,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import common  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "torch_profile.json")
 STEPS = ("plain", "plain_half", "hta", "hta_split")
 
 
 def parse_args(argv=None):
-    import step_time
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vgg11/8", choices=sorted(step_time.MODELS))
+    parser.add_argument("--model", default="vgg11/8", choices=sorted(common.MODELS))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="timed repeats of each part per round")
     parser.add_argument("--out", default=OUT)
@@ -62,19 +62,6 @@ def parse_args(argv=None):
     return args
 
 
-@contextlib.contextmanager
-def channels_last_conversion_off():
-    """Keras' conversion of a convolution's input to channels-last memory, replaced by the identity while inside."""
-    from keras.src.backend.torch import nn as torch_nn
-
-    original = torch_nn._maybe_convert_to_channels_last
-    torch_nn._maybe_convert_to_channels_last = lambda tensor: tensor
-    try:
-        yield
-    finally:
-        torch_nn._maybe_convert_to_channels_last = original
-
-
 class TwinPasses:
     """Both twins' loss and gradient on one batch: one after the other, or fused in one `torch.func.vmap` pass."""
 
@@ -86,8 +73,7 @@ class TwinPasses:
         self.trainable = self.network.trainable_variables
         self.state = self.network.non_trainable_variables
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        state = model.twin_state
-        twins = [state.twin_variables(k, self.trainable) for k in range(2)]
+        twins = [model.twin(k).trainable_weights for k in range(2)]
         self.weights = [torch.stack([v.value.detach() for v in vs]) for vs in zip(*twins)]
         self.stats = [torch.stack([v.value.detach()] * 2) for v in self.state]
         x, y = torch.as_tensor(x), torch.as_tensor(y)
@@ -124,13 +110,13 @@ def measure(model_name, rounds, steps):
     import numpy as np
     import torch
 
-    import step_time
+    from keras_hta.compat import channels_last_conversion_off
 
     torch.set_num_threads(os.cpu_count() or 1)  # as step_time.py runs PyTorch
-    _, shape, batch = step_time.MODELS[model_name]
-    models = {v: step_time.build(model_name, v) for v in STEPS}
-    data = {v: step_time.dataset(model_name, steps, half=v == "plain_half") for v in STEPS}
-    timers = {v: step_time.StepTimes() for v in STEPS}
+    _, shape, batch = common.MODELS[model_name]
+    models = {v: common.build(model_name, v) for v in STEPS}
+    data = {v: common.dataset(model_name, steps, half=v == "plain_half") for v in STEPS}
+    timers = {v: common.StepTimes() for v in STEPS}
     for v in STEPS:
         models[v].fit(data[v], steps_per_epoch=3, epochs=1, verbose=0)  # warm-up
     rng = np.random.default_rng(0)
@@ -160,7 +146,7 @@ def measure(model_name, rounds, steps):
     parts = {
         "forward_2": lambda: forward(2), "forward_half": lambda: forward(batch // 2),
         "forward_full": lambda: forward(batch),
-        "penalties": penalties, "proximal": lambda: hta._proximal_step(gamma),
+        "penalties": penalties, "proximal": lambda: hta.proximal_step(gamma),
         "twins_sequential": passes["full"].sequential, "twins_sequential_unconverted": passes["full"].sequential,
         "twins_fused": passes["full"].fused,
         "split_sequential": passes["split"].sequential, "split_sequential_unconverted": passes["split"].sequential,
@@ -228,31 +214,29 @@ def render(saved):
         f"PyTorch {p['versions'].get('torch', '?')}, Keras "
         f"{p['versions'].get('keras', '?')}, {p['cpus']['usable']} CPUs; `{p['command']}`",
         "",
-        "| part | ms | ratio |",
-        "|---|---|---|",
-        f"| plain step | {ms('plain')} | 1 |",
-        f"| HTA step (full twins) | {ms('hta')} | HTA / (2 x plain) {fmt('hta_over_2plain')} |",
-        f"| HTA step, `twin_batch=\"split\"` | {ms('hta_split')} | split / plain {fmt('split_over_plain')} |",
-        f"| plain step on half a batch | {ms('plain_half')} | 2 x half / plain {fmt('split_floor')} |",
-        f"| forward pass, {saved['batch']} examples | {ms('forward_full')} | |",
-        f"| forward pass, {saved['batch'] // 2} examples | {ms('forward_half')} | |",
-        f"| forward pass, 2 examples (Keras' per-call cost) | {ms('forward_2')} | "
-        f"/ plain step {fmt('fixed_share_plain')} |",
-        f"| `penalties()` (the logs) + proximal update | {ms('penalties')} + {ms('proximal')} | "
-        f"/ HTA step {fmt('hta_added_share', 3)} |",
-        "",
-        "| both twins' forward + backward | full twins, ms | / as run | / conversion off | split twins, ms | "
-        "/ as run | / conversion off |",
-        "|---|---|---|---|---|---|---|",
-        f"| one after the other (as keras-hta runs them) | {ms('twins_sequential')} | 1 | | "
-        f"{ms('split_sequential')} | 1 | |",
-        f"| one after the other, channels-last conversion off | {ms('twins_sequential_unconverted')} | "
-        f"{fmt('unconverted_over_sequential')} | 1 | {ms('split_sequential_unconverted')} | "
-        f"{fmt('split_unconverted_over_sequential')} | 1 |",
-        f"| fused (`torch.func.vmap`), conversion off | {ms('twins_fused')} | {fmt('fused_over_sequential')} | "
-        f"{fmt('fused_over_unconverted')} | {ms('split_fused')} | {fmt('split_fused_over_sequential')} | "
-        f"{fmt('split_fused_over_unconverted')} |",
-    ]
+    ] + common.table(["part", "ms", "ratio"], [
+        ["plain step", ms("plain"), "1"],
+        ["HTA step (full twins)", ms("hta"), f"HTA / (2 x plain) {fmt('hta_over_2plain')}"],
+        ["HTA step, `twin_batch=\"split\"`", ms("hta_split"), f"split / plain {fmt('split_over_plain')}"],
+        ["plain step on half a batch", ms("plain_half"), f"2 x half / plain {fmt('split_floor')}"],
+        [f"forward pass, {saved['batch']} examples", ms("forward_full"), ""],
+        [f"forward pass, {saved['batch'] // 2} examples", ms("forward_half"), ""],
+        ["forward pass, 2 examples (Keras' per-call cost)", ms("forward_2"),
+         f"/ plain step {fmt('fixed_share_plain')}"],
+        ["`penalties()` (the logs) + proximal update", f"{ms('penalties')} + {ms('proximal')}",
+         f"/ HTA step {fmt('hta_added_share', 3)}"],
+    ]) + [""] + common.table(
+        ["both twins' forward + backward", "full twins, ms", "/ as run", "/ conversion off", "split twins, ms",
+         "/ as run", "/ conversion off"], [
+            ["one after the other (as keras-hta runs them)", ms("twins_sequential"), "1", "",
+             ms("split_sequential"), "1", ""],
+            ["one after the other, channels-last conversion off", ms("twins_sequential_unconverted"),
+             fmt("unconverted_over_sequential"), "1", ms("split_sequential_unconverted"),
+             fmt("split_unconverted_over_sequential"), "1"],
+            ["fused (`torch.func.vmap`), conversion off", ms("twins_fused"), fmt("fused_over_sequential"),
+             fmt("fused_over_unconverted"), ms("split_fused"), fmt("split_fused_over_sequential"),
+             fmt("split_fused_over_unconverted")],
+        ])
     return "\n".join(lines) + "\n"
 
 

@@ -37,11 +37,11 @@ import sys
 import tempfile
 import time
 
+import common  # noqa: E402  (beside this file)
+from common import package_versions  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if HERE not in sys.path:  # imported by a test rather than run as a script
-    sys.path.insert(0, HERE)
-from step_time import package_versions  # noqa: E402  (the script beside this one)
 CASES = ("vgg11/8", "frozen-trunk", "lora")
 ANCHORS = ("zeros", "init")
 
@@ -212,8 +212,9 @@ def main():
         ["--steps", str(args.steps), "--models", *args.models] if args.steps else [])
     other = _worktree(args.against) if args.against else None
     try:
-        result = {"command": "python benchmarks/twin_cost.py " + " ".join(sys.argv[1:]), "versions": package_versions(),
-                  "python": platform.python_version(), "cpus": os.cpu_count(), "against": args.against,
+        command = "python benchmarks/twin_cost.py " + " ".join(sys.argv[1:])
+        result = {"command": command, "versions": package_versions(), "python": platform.python_version(),
+                  "cpus": os.cpu_count(), "provenance": common.provenance(command), "against": args.against,
                   "memory": [], "steps": []}
         for backend in args.backends:
             print(f"== {backend}", flush=True)
@@ -264,47 +265,49 @@ def write(result, out):
 def render(saved):
     """The Markdown tables of twin_cost.json: what RESULTS.md shows, re-rendered by a test."""
     lines = []
-    memory = saved.get("memory")
-    if memory:
-        lines += [f"State memory, HTA / plain (model and optimizer variables, SGD with momentum); `{memory['command']}`",
-                  "", "| case | anchor | backend | plain MiB | HTA MiB | HTA / plain | HTA / plain at "
-                  f"{memory['against'] or '-'} |", "|---|---|---|---|---|---|---|"]
-        for row in [r for r in memory["memory"] if r["code"] == "this"]:
-            before = [r for r in memory["memory"] if r["code"] == "against" and all(
-                r[k] == row[k] for k in ("case", "anchor", "backend"))]
-            lines.append(f"| {row['case']} | {row['anchor']} | {row['backend']} | {row['plain_mib']:.2f} | "
-                         f"{row['hta_mib']:.2f} | {row['ratio']:.3f} | "
-                         + (f"{before[0]['ratio']:.3f} |" if before else "- |"))
-        lines.append("")
-    steps = saved.get("steps")
-    if steps:
-        rounds = max(r["round"] for r in steps["steps"]) + 1
-        lines += [f"Step time (s), medians over {rounds} rounds of alternating processes, this tree and "
-                  f"{steps['against'] or '-'} ({steps['cpus']} CPUs); `{steps['command']}`. The this / then ratios "
-                  "are the median of each round's ratio (the two processes of a round ran one after the other), "
-                  "with the rounds' range.", "",
-                  "| model | backend | plain | HTA | split | HTA / (2 x plain) | split / plain | HTA this / then | "
-                  "split this / then | plain this / then (no keras-hta code: the noise) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        keys = sorted({(r["case"], r["backend"]) for r in steps["steps"]}, key=lambda k: (k[0], k[1]))
-        for case, backend in keys:
-            def med(variant, code, round_=None):
-                values = [r["median_s"] for r in steps["steps"] if r["case"] == case and r["backend"] == backend
-                          and r["variant"] == variant and r["code"] == code and round_ in (None, r["round"])]
-                return _median(values) if values else None
-
-            def per_round(variant):
-                ratios = [med(variant, "this", i) / med(variant, "against", i) for i in range(rounds)
-                          if med(variant, "against", i)]
-                if not ratios:
-                    return "-"
-                return f"{_median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-
-            plain, hta, split = med("plain", "this"), med("hta", "this"), med("hta_split", "this")
-            lines.append(f"| {case} | {backend} | {plain:.4f} | {hta:.4f} | {split:.4f} | {hta / (2 * plain):.2f} | "
-                         f"{split / plain:.2f} | {per_round('hta')} | {per_round('hta_split')} | {per_round('plain')} |")
-        lines.append("")
+    if saved.get("memory"):
+        lines += _memory_table(saved["memory"]) + [""]
+    if saved.get("steps"):
+        lines += _steps_table(saved["steps"]) + [""]
     return "\n".join(lines)
+
+
+def _memory_table(memory):
+    rows = []
+    for row in [r for r in memory["memory"] if r["code"] == "this"]:
+        before = [r for r in memory["memory"] if r["code"] == "against" and all(
+            r[k] == row[k] for k in ("case", "anchor", "backend"))]
+        rows.append([row["case"], row["anchor"], row["backend"], f"{row['plain_mib']:.2f}", f"{row['hta_mib']:.2f}",
+                     f"{row['ratio']:.3f}", f"{before[0]['ratio']:.3f}" if before else "-"])
+    head = ["case", "anchor", "backend", "plain MiB", "HTA MiB", "HTA / plain", f"HTA / plain at {memory['against'] or '-'}"]
+    return [f"State memory, HTA / plain (model and optimizer variables, SGD with momentum); `{memory['command']}`",
+            ""] + common.table(head, rows)
+
+
+def _steps_table(steps):
+    rounds = max(r["round"] for r in steps["steps"]) + 1
+
+    def med(case, backend, variant, code, round_=None):
+        values = [r["median_s"] for r in steps["steps"] if r["case"] == case and r["backend"] == backend
+                  and r["variant"] == variant and r["code"] == code and round_ in (None, r["round"])]
+        return _median(values) if values else None
+
+    def per_round(case, backend, variant):
+        ratios = [med(case, backend, variant, "this", i) / med(case, backend, variant, "against", i)
+                  for i in range(rounds) if med(case, backend, variant, "against", i)]
+        return f"{_median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+
+    rows = []
+    for case, backend in sorted({(r["case"], r["backend"]) for r in steps["steps"]}):
+        plain, hta, split = (med(case, backend, v, "this") for v in ("plain", "hta", "hta_split"))
+        rows.append([case, backend, f"{plain:.4f}", f"{hta:.4f}", f"{split:.4f}", f"{hta / (2 * plain):.2f}",
+                     f"{split / plain:.2f}"] + [per_round(case, backend, v) for v in ("hta", "hta_split", "plain")])
+    head = ["model", "backend", "plain", "HTA", "split", "HTA / (2 x plain)", "split / plain", "HTA this / then",
+            "split this / then", "plain this / then (no keras-hta code: the noise)"]
+    return [f"Step time (s), medians over {rounds} rounds of alternating processes, this tree and "
+            f"{steps['against'] or '-'} ({steps['cpus']} CPUs); `{steps['command']}`. The this / then ratios "
+            "are the median of each round's ratio (the two processes of a round ran one after the other), "
+            "with the rounds' range.", ""] + common.table(head, rows)
 
 
 CASE_NAMES = {"vgg11/8": "VGG11-BN/8, every weight trained", "frozen-trunk": "MobileNetV2 trunk frozen, new head",
@@ -320,15 +323,14 @@ def render_memory_summary(saved):
                  if r["case"] == case and r["anchor"] == anchor and r["code"] == code and r["backend"] == backend]
         return found[0] if len(set(found)) == 1 else " / ".join(found)
 
-    lines = [f"| network | plain MiB | HTA / plain, zero anchors | HTA / plain, \"init\" anchors | "
-             f"before ({memory['against']}): zero; \"init\" (TensorFlow / JAX / PyTorch where they differ) |",
-             "|---|---|---|---|---|"]
+    rows = []
     for case in CASES:
         plain = [r["plain_mib"] for r in memory["memory"] if r["case"] == case and r["code"] == "this"][0]
-        lines.append(f"| {CASE_NAMES[case]} | {plain:.2f} | {ratios(case, 'zeros', 'this')} | "
-                     f"{ratios(case, 'init', 'this')} | {ratios(case, 'zeros', 'against')}; "
-                     f"{ratios(case, 'init', 'against')} |")
-    return "\n".join(lines) + "\n"
+        rows.append([CASE_NAMES[case], f"{plain:.2f}", ratios(case, "zeros", "this"), ratios(case, "init", "this"),
+                     f"{ratios(case, 'zeros', 'against')}; {ratios(case, 'init', 'against')}"])
+    head = ["network", "plain MiB", "HTA / plain, zero anchors", "HTA / plain, \"init\" anchors",
+            f"before ({memory['against']}): zero; \"init\" (TensorFlow / JAX / PyTorch where they differ)"]
+    return "\n".join(common.table(head, rows)) + "\n"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 
+import common  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EXAMPLE = os.path.join(ROOT, "examples", "multi_process.py")
@@ -76,19 +78,18 @@ def ring_ms(nbytes, devices, bandwidth):
 def render(result):
     """RESULTS' tables, from the JSON."""
     cases = result["cases"]
-    lines = ["| arm | gradient bytes per step | × plain | step, 1 process (ms) | step, 2 processes (ms) "
-             "| 2 processes / 1 |", "|---|---|---|---|---|---|"]
+    rows = []
     for arm in ARMS:
         one, two = cases[f"{arm}-1"], cases[f"{arm}-2"]
-        lines.append(f"| {arm} | {one['gradient_bytes']:,} | {one['gradient_bytes'] / cases['plain-1']['gradient_bytes']:.2f} "
-                     f"| {1e3 * one['step_s']:.1f} | {1e3 * two['step_s']:.1f} | {two['step_s'] / one['step_s']:.2f} |")
+        rows.append([arm, f"{one['gradient_bytes']:,}", f"{one['gradient_bytes'] / cases['plain-1']['gradient_bytes']:.2f}",
+                     f"{1e3 * one['step_s']:.1f}", f"{1e3 * two['step_s']:.1f}", f"{two['step_s'] / one['step_s']:.2f}"])
+    lines = common.table(["arm", "gradient bytes per step", "× plain", "step, 1 process (ms)", "step, 2 processes (ms)",
+                          "2 processes / 1"], rows)
     vgg = result["vgg11_bn"]
-    lines += ["", "| ring all-reduce of VGG11-BN's gradients (derived) | plain (ms) | HTA, full or split twins (ms) |",
-              "|---|---|---|"]
-    for link, (devices, bandwidth) in result["links"].items():
-        lines.append(f"| {link} | {ring_ms(vgg['plain'], devices, bandwidth):.2f} "
-                     f"| {ring_ms(vgg['hta'], devices, bandwidth):.2f} |")
-    lines.append("")
+    rows = [[link, f"{ring_ms(vgg['plain'], devices, bandwidth):.2f}", f"{ring_ms(vgg['hta'], devices, bandwidth):.2f}"]
+            for link, (devices, bandwidth) in result["links"].items()]
+    lines += [""] + common.table(["ring all-reduce of VGG11-BN's gradients (derived)", "plain (ms)",
+                                  "HTA, full or split twins (ms)"], rows) + [""]
     lines.append(f"VGG11-BN (CIFAR-10): {vgg['plain']:,} bytes of gradients per step plain, {vgg['hta']:,} with HTA "
                  f"({vgg['hta'] / vgg['plain']:.2f}×).")
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ _WHERE = {
     "HomotopyModel": "keras_hta.homotopy_model",
     "HomotopyScheduler": "keras_hta.homotopy_scheduler",
     "merge": "keras_hta.merge",
-    "multi_worker_strategy": "keras_hta.multi_worker",
+    "multi_worker_strategy": "keras_hta.backend",
     "recompute_batchnorm": "keras_hta.merge",
     "schedules": None,  # the module itself
 }
@@ -46,17 +46,27 @@ def __getattr__(name):
     return value
 
 
-# Imported at once, so that Keras finds the registered classes
-# ("keras_hta>HomotopyModel") when it loads a saved model after a plain
-# `import keras_hta`. Only the `keras-hta` command (or `python -m
-# keras_hta.experiments.cli`, during which `sys.argv[0]` is "-m" while the
-# package is imported) defers them (through `__getattr__` above): it imports
-# what each subcommand needs, so that `keras-hta --help` answers without
-# importing Keras, and `compare --threads` can set TensorFlow's threads
-# before TensorFlow starts. `multi_worker_strategy`
-# (TensorFlow's tf.distribute) is always imported on first use, so that the
-# library imports without TensorFlow on the JAX and PyTorch backends.
-if _os.path.basename(_sys.argv[0] if _sys.argv else "") not in ("keras-hta", "-m"):
+def _run_as_the_command():
+    """Whether this process is the `keras-hta` command, which imports what each subcommand needs itself.
+
+    `import keras_hta` imports the library at once (below), so that Keras
+    finds the registered classes ("keras_hta>HomotopyModel") when it loads a
+    saved model: Keras imports only its own packages when loading. The
+    console script, though, must import this package before any of its own
+    code runs, and it needs Keras unstarted: `keras-hta --help` answers
+    without importing Keras, and `compare --threads` sets TensorFlow's
+    threads before TensorFlow starts. No argument reaches a package's import,
+    so the command is recognised by the program's name: the `keras-hta`
+    script, or `python -m keras_hta.experiments.cli` (whose `sys.argv[0]` is
+    "-m" while packages import). There, the names load on first use
+    (`__getattr__` above). `multi_worker_strategy` (TensorFlow's
+    tf.distribute) always loads on first use, so that the library imports
+    without TensorFlow on the JAX and PyTorch backends.
+    """
+    return _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("keras-hta", "-m")
+
+
+if not _run_as_the_command():
     from keras_hta import schedules
     from keras_hta.export import export_model, export_saved_model
     from keras_hta.homotopy_model import HomotopyModel

@@ -1,10 +1,13 @@
-"""Argument checks that need no Keras backend: L values and a linear L schedule.
+"""Argument checks that need no Keras backend: L values, a linear L schedule, the penalties' options.
 
-The schedules use them, and so does the `keras-hta` command, which checks its
+The library uses them, and so does the `keras-hta` command, which checks its
 flags with them before Keras (and TensorFlow) is imported.
 """
 
 import math
+
+NORMS = ("squared", "l2")
+PENALTY_UPDATES = ("proximal", "gradient")
 
 
 def validate_l(value, name="homotopy_l"):
@@ -48,3 +51,28 @@ def check_linear(start, stop, step):
             f"Received: start={start}, stop={stop}, step={step}"
         )
     return start_value, stop_value, step_value
+
+
+def check_options(norm, penalty_update, names=None):
+    """Raises for an unknown `norm` or `penalty_update`, or the inexact pair l2 + proximal.
+
+    `names` maps `"norm"` and `"penalty_update"` to what the message calls
+    them: the command line passes its flags (`--norm`, `--penalty-update`).
+    """
+    def called(key):
+        return names[key] if names else key
+
+    def said(key, value):
+        return f"{names[key]} {value}" if names else f"{key}={value!r}"
+
+    if norm not in NORMS:
+        raise ValueError(f"Argument `{called('norm')}` must be one of {NORMS}. Received: {said('norm', norm)}")
+    if penalty_update not in PENALTY_UPDATES:
+        raise ValueError(f"Argument `{called('penalty_update')}` must be one of {PENALTY_UPDATES}. "
+                         f"Received: {said('penalty_update', penalty_update)}")
+    if norm == "l2" and penalty_update == "proximal":
+        raise ValueError(
+            f"Argument {said('penalty_update', 'proximal')} needs {said('norm', 'squared')} (the proximal step is "
+            f"exact for the squared norms only). Received: {said('norm', 'l2')}, "
+            f"{said('penalty_update', 'proximal')}. Pass {said('penalty_update', 'gradient')} for the l2 form."
+        )

@@ -65,6 +65,12 @@
    saves θ's LoRA weights and, after loading, takes their update back out of
    the base kernel (`Layer._kernel`).
 
+8. `channels_last_conversion_off()`: Keras' PyTorch backend converts a
+   convolution's input to channels-last memory
+   (`keras.src.backend.torch.nn._maybe_convert_to_channels_last`);
+   `benchmarks/torch_profile.py` measures what that costs by replacing it
+   with the identity inside this context. The library never uses it.
+
 Each function checks that the private attribute it reads exists and says in
 one line, naming the Keras version, when it does not.
 """
@@ -297,7 +303,7 @@ def patch_keras():
         tf_trainer = None
     changed = ["keras.src.backend.tensorflow.trainer"] if tf_trainer is None else changed_sources(tf_trainer)
     if changed:
-        warnings.warn(f"keras_hta.multi_worker: in Keras {keras.__version__}, {', '.join(changed)} is missing or not "
+        warnings.warn(f"keras_hta.multi_worker_strategy: in Keras {keras.__version__}, {', '.join(changed)} is missing or not "
                       "the code the workaround for keras-team/keras#20585 was checked against, so it is not installed; "
                       "training runs with Keras as it is.", RuntimeWarning)
         return False
@@ -328,3 +334,16 @@ def patch_keras():
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
     _PATCHED = True
     return True
+
+
+@contextlib.contextmanager
+def channels_last_conversion_off():
+    """Inside: Keras' PyTorch conversion of a convolution's input to channels-last memory is the identity (see 8.)."""
+    from keras.src.backend.torch import nn as torch_nn
+
+    original = _private(torch_nn, "_maybe_convert_to_channels_last", "torch nn._maybe_convert_to_channels_last")
+    torch_nn._maybe_convert_to_channels_last = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        torch_nn._maybe_convert_to_channels_last = original

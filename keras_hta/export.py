@@ -1,10 +1,50 @@
 """Exporting a trained `HomotopyModel`'s merged network for serving, in the formats Keras' `model.export` offers."""
 
+import importlib.util
+
 import numpy as np
 
 import keras
-from keras_hta import step as step_lib
+from keras_hta import backend as backend_lib
 from keras_hta.merge import CannotCopyError, merge, named_inputs
+
+
+# What each export format of Keras' `model.export` needs beside Keras, per backend: (module, pip package).
+# A backend missing from a format's entry is one Keras does not export that format from.
+EXPORT_NEEDS = {
+    "tf_saved_model": {"tensorflow": (), "jax": (("tensorflow", "tensorflow-cpu"),)},
+    "onnx": {"tensorflow": (("tf2onnx", "tf2onnx"), ("onnx", "onnx")), "jax": (("jax2onnx", "jax2onnx"),),
+             "torch": (("onnx", "onnx"), ("onnxscript", "onnxscript"))},
+    "openvino": {b: (("openvino", "openvino"),) for b in ("tensorflow", "jax", "torch")},
+    "litert": {"tensorflow": (), "torch": (("litert_torch", "litert-torch"),)},
+    "torch": {"torch": ()},
+}
+# The format `export_model` writes by default on each backend: a PyTorch ExportedProgram on PyTorch, else a SavedModel.
+DEFAULT_FORMAT = {"torch": "torch", "tensorflow": "tf_saved_model", "jax": "tf_saved_model"}
+
+
+def export_problem(caller, format):
+    """The error to raise when `caller` cannot export `format` on this backend, in one line, or `None`.
+
+    Names the packages to install for this backend when only they are missing.
+    """
+    backend = backend_lib.BACKEND
+    if format not in EXPORT_NEEDS:
+        return ValueError(f"{caller}: argument `format` must be one of {tuple(EXPORT_NEEDS)}. "
+                          f"Received: format={format!r}")
+    needs = EXPORT_NEEDS[format].get(backend)
+    if needs is None:
+        offered = [f for f, per_backend in EXPORT_NEEDS.items() if backend in per_backend]
+        where = ", ".join(sorted(EXPORT_NEEDS[format]))
+        return ValueError(
+            f"{caller}: Keras exports format={format!r} on the {where} backend(s), not on {backend}. Received: "
+            f"format={format!r} with KERAS_BACKEND={backend}. On {backend}: one of {offered}; or save the model "
+            "(model.save('m.keras'), which loads on every backend) and export it on another backend.")
+    missing = [package for module, package in needs if importlib.util.find_spec(module) is None]
+    if missing:
+        return ImportError(f"{caller}: format={format!r} on the {backend} backend needs "
+                           f"{', '.join(missing)}: pip install {' '.join(missing)}")
+    return None
 
 
 def export_model(model, path, format=None, how="theta", recompute_bn=None, verbose=False, **kwargs):
@@ -18,7 +58,7 @@ def export_model(model, path, format=None, how="theta", recompute_bn=None, verbo
     (`training=False`: augmentation layers, which default to training, pass
     their inputs through; Keras' own export of such a network would augment
     what it serves). What each format needs on each
-    backend (`keras_hta.step.EXPORT_NEEDS`) is checked first: a format Keras
+    backend (`EXPORT_NEEDS`) is checked first: a format Keras
     does not offer on this backend, or a missing package, is refused in one
     line naming what to install, before anything is merged or written.
 
@@ -66,8 +106,8 @@ def export_model(model, path, format=None, how="theta", recompute_bn=None, verbo
         keras_hta.export_model(model, "model.pt2")     # torch.export.load("model.pt2")
     ```
     """
-    format = step_lib.default_export_format() if format is None else format
-    problem = step_lib.export_problem("export_model", format)
+    format = DEFAULT_FORMAT[backend_lib.BACKEND] if format is None else format
+    problem = export_problem("export_model", format)
     if problem is not None:
         raise problem
     plain = _merged(model, how, recompute_bn)
@@ -77,7 +117,7 @@ def export_model(model, path, format=None, how="theta", recompute_bn=None, verbo
     except Exception as error:  # what Keras' exporter or the format's library raises, said in one line
         text = " ".join(str(error).split())
         raise ValueError(f"export_model: Keras' model.export of '{plain.name}' in format={format!r} failed on the "
-                         f"{step_lib.BACKEND} backend: {type(error).__name__}: {text[:300]}") from error
+                         f"{backend_lib.BACKEND} backend: {type(error).__name__}: {text[:300]}") from error
     return plain
 
 
@@ -110,7 +150,7 @@ def export_saved_model(model, path, how="theta", recompute_bn=None, verbose=Fals
     predictions = served.serve(images)
     ```
     """
-    problem = step_lib.export_problem("export_saved_model", "tf_saved_model")
+    problem = export_problem("export_saved_model", "tf_saved_model")
     if problem is not None:
         raise problem
     return export_model(model, path, "tf_saved_model", how=how, recompute_bn=recompute_bn, verbose=verbose)

@@ -6,19 +6,20 @@ import numpy as np
 
 import keras
 from keras import ops
+from keras_hta import backend
+from keras_hta import checks
 from keras_hta import compat
 from keras_hta import homotopy_scheduler as scheduler_lib
 from keras_hta import losses as losses_lib
 from keras_hta import network as network_lib
 from keras_hta import penalties as penalties_lib
 from keras_hta import schedules as schedules_lib
-from keras_hta import step as step_lib
-from keras_hta import twin_step as twin_step_lib
+from keras_hta import train_step as train_step_lib
 from keras_hta import twin_variables as twin_variables_lib
 from keras_hta import twins as twins_lib
 
 @keras.saving.register_keras_serializable(package="keras_hta")
-class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
+class HomotopyModel(train_step_lib.TrainStep, keras.Model):
     """A model trained by the Homotopy Training Algorithm (HTA) in `fit`.
 
     HTA keeps `num_groups` twin sets of the trainable weights (θ, η, ...)
@@ -137,7 +138,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     ):
         network = network_lib.check_network(network, inputs, outputs)
         network_lib.warn_what_hta_does_not_run(network)
-        penalties_lib.check_options(norm, penalty_update)
+        checks.check_options(norm, penalty_update)
         twins_lib.check_options(num_groups, twin_batch)
         homotopy_l = schedules_lib.validate_l(homotopy_l, "homotopy_l")
         if twin_factory is not None:
@@ -163,13 +164,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         # L and the schedule position: what callbacks assign to.
         self.homotopy_l = self._state(np.float32(homotopy_l), "homotopy_l")
         self.homotopy_epoch = self._state(0, "homotopy_epoch", dtype="int")  # Keras' counter dtype
-        names = [twin_variables_lib.twin_name(k, num_groups) for k in range(num_groups)]
-        self.twin_loss_trackers = [keras.metrics.Mean(name=f"f_{n}") for n in names]
-        self.anchor_tracker = keras.metrics.Mean(name="anchor_penalty")
-        self.coupling_tracker = keras.metrics.Mean(name="coupling")
-        self.l_tracker = keras.metrics.Mean(name="homotopy_l")
-        self._homotopy_metric_names = {m.name for m in self.twin_loss_trackers} | {
-            "anchor_penalty", "coupling", "homotopy_l"}
+        self._make_trackers()  # the logs' (keras_hta.train_step)
         self.built = True  # every weight exists now: save() right after fit() is safe
 
     @classmethod
@@ -235,7 +230,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         return self.twin_state.group_sizes(self.twin_state.active())
 
     def call(self, inputs, training=None):
-        return self.network(inputs, training=training)
+        return self.network(train_step_lib.theta_inputs(inputs), training=training)
 
     def penalties(self):
         """Returns `(anchor, coupling)`: Σ_k ‖a_k ⊙ (w_k − θ̃)‖² and Σ_{j<k} ‖w_j − w_k‖².
@@ -248,7 +243,8 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         state = self.twin_state
         positions = state.active()
         masks = state.masks(positions, anchored=True)
-        return penalties_lib.homotopy_penalties(state.values(positions), state.anchors(positions), masks, self.norm)
+        return penalties_lib.homotopy_penalties(state.per_twin_variables(positions), state.anchors(positions), masks,
+                                                self.norm)
 
     def penalty_curvature(self, homotopy_l=None):
         """Largest eigenvalue of the penalties' Hessian per element at L (None for `norm="l2"`).
@@ -274,7 +270,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
         return message is None
 
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, *args, **kwargs):
-        step_lib.check_jit_compile(kwargs.get("jit_compile"))
+        backend.check_jit_compile(kwargs.get("jit_compile"))
         self.twin_state.refresh()  # twins for weights trainable now, trainable as their weights are
         super().compile(optimizer, loss, loss_weights, *args, **kwargs)
         # The twins' f: the same loss, its own (unreported) trackers; kept out
@@ -285,7 +281,7 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     def compile_from_config(self, config):
         # Keras skips a custom compile() when loading; this one is safe to run.
         config = keras.saving.deserialize_keras_object(compat.portable_compile_config(config))
-        self.compile(**step_lib.portable_jit_compile(config))
+        self.compile(**backend.portable_jit_compile(config))
         self.optimizer.build(self.trainable_variables)
 
     def save(self, filepath, *args, **kwargs):
@@ -343,58 +339,6 @@ class HomotopyModel(step_lib.HomotopyStep, twin_step_lib.TwinStep, keras.Model):
     def losses(self):
         """θ's own losses (regularizers, `add_loss`): those in f(θ), `fit`'s and `evaluate`'s loss."""
         return compat.forward_losses(self) or self.network.losses
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """H's value in training: Σ_k f(w_k) plus the penalties; f(θ) otherwise.
-
-        With `penalty_update="proximal"` the penalties join the value only
-        (their gradient is not taken: the proximal step applies them after
-        the optimizer's); with `"gradient"` their gradient joins f's. Keras
-        divides each replica's loss by the number of replicas and sums the
-        gradients; the penalties, the same on every replica, are divided
-        alike.
-        """
-        twin_loss = getattr(self, "_twin_loss", None)
-        if twin_loss is not None and not getattr(twin_loss, "ready", False):
-            # Keras calls this once before the first step, across replicas, to
-            # build its compiled loss: the twins' compiled loss is built there too.
-            twin_loss.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
-            twin_loss.ready = True
-        f_theta = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        if not training:
-            return f_theta
-        parts = twin_step_lib.twin_parts(self) or [(x, y, sample_weight)] * self.num_groups
-        replicas = step_lib.replicas()
-        twin_losses = [f_theta] + [self._f(k, *parts[k]) for k in range(1, self.num_groups)]
-        f_total = penalties_lib.add_n(twin_losses)
-        l_value = ops.cast(self.homotopy_l, "float32")
-        if self.penalty_update == "proximal":  # H's penalties at the step's start weights, for the logs only
-            with step_lib.no_grad():
-                anchor, coupling = self.penalties()
-            penalty = ops.stop_gradient(l_value * anchor + coupling / l_value)
-        else:
-            anchor, coupling = self.penalties()
-            penalty = l_value * anchor + coupling / l_value
-        batch = twin_step_lib.batch_size(x)
-        for tracker, value in zip(self.twin_loss_trackers, twin_losses):
-            tracker.update_state(ops.cast(value, "float32") * replicas, sample_weight=batch)
-        self.anchor_tracker.update_state(l_value * anchor)
-        self.coupling_tracker.update_state(coupling)
-        self.l_tracker.update_state(l_value)
-        return f_total + ops.cast(penalty, f_total.dtype) / replicas
-
-    def _f(self, k, x, y, sample_weight):
-        """f of twin k ≥ 1: the compiled loss plus that twin's own losses, as Keras' `compute_loss` gives θ's.
-
-        Like every replica's loss, the twin's losses are divided by the number of replicas.
-        """
-        y_pred, extras = self.twin_state.forward(k, x, training=True)
-        return losses_lib.twin_f(getattr(self, "_twin_loss", None), y, y_pred, sample_weight, extras,
-                                 step_lib.replicas())
-
-    def _without_training_logs(self, logs):
-        """`evaluate`'s logs without HTA's training trackers (f of each twin, the penalties, L)."""
-        return {k: v for k, v in logs.items() if k not in self._homotopy_metric_names}
 
     def get_config(self):
         config = super().get_config()

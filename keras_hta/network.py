@@ -129,10 +129,7 @@ def check_network(network, inputs=None, outputs=None):
             "with no weights yet: call it on data or give it an Input first."
         )
     if not network.trainable_variables:
-        raise ValueError(
-            f"Argument `model` must have trainable weights. Received: model "
-            f"'{network.name}' with none: HTA has nothing to split."
-        )
+        raise nothing_to_split(network)
     for v in network.trainable_variables:
         if not np.issubdtype(np.dtype(v.dtype), np.floating):
             raise TypeError(f"Every trainable weight must be floating point. Received: '{v.path}' of dtype {v.dtype}")
@@ -144,6 +141,12 @@ def check_network(network, inputs=None, outputs=None):
                 "Rewrite it as a Keras layer."
             )
     return network
+
+
+def nothing_to_split(network):
+    """The error for a network with no weight to twin (none trainable, or only float8 scales)."""
+    return ValueError(f"Argument `model` must have trainable weights. Received: model '{network.name}' with none: "
+                      "HTA has nothing to split.")
 
 
 def warn_what_hta_does_not_run(network):

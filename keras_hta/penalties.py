@@ -20,27 +20,9 @@ import numpy as np
 
 import keras
 from keras import ops
-from keras_hta import step as step_lib
+from keras_hta import backend
 
-NORMS = ("squared", "l2")
-PENALTY_UPDATES = ("proximal", "gradient")
 _HALF = ("float16", "bfloat16")
-
-
-def check_options(norm, penalty_update):
-    """Raises for an unknown `norm` or `penalty_update`, or the inexact pair l2 + proximal."""
-    if norm not in NORMS:
-        raise ValueError(f"Argument `norm` must be one of {NORMS}. Received: norm={norm!r}")
-    if penalty_update not in PENALTY_UPDATES:
-        raise ValueError(
-            f"Argument `penalty_update` must be one of {PENALTY_UPDATES}. Received: penalty_update={penalty_update!r}"
-        )
-    if norm == "l2" and penalty_update == "proximal":
-        raise ValueError(
-            "Argument `penalty_update`='proximal' needs norm='squared' (the proximal step is exact for the "
-            "squared norms only). Received: norm='l2', penalty_update='proximal'. Pass "
-            "penalty_update='gradient' for the l2 form."
-        )
 
 
 def add_n(tensors):
@@ -57,7 +39,7 @@ def _safe_sqrt(x):
     return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0.0)
 
 
-def _as(x, dtype):
+def _cast(x, dtype):
     """`x` in `dtype`, cast only where it is not (each cast is an operation of its own on an eager backend)."""
     return x if keras.backend.standardize_dtype(x.dtype) == dtype else ops.cast(x, dtype)
 
@@ -85,13 +67,13 @@ def homotopy_penalties(twin_variables, anchors, masks, norm="squared"):
         `coupling = Σ_{j<k} ‖w_j − w_k‖²` (norms, not squares, for `"l2"`).
     """
     finish = (lambda s: s) if norm == "squared" else _safe_sqrt
-    each = step_lib.each  # one operation per list (PyTorch's foreach), or per tensor
-    twin_variables = [[_as(ops.convert_to_tensor(w), "float32") for w in ws] for ws in twin_variables]
+    each = backend.elementwise  # one operation per list (PyTorch's foreach), or per tensor
+    twin_variables = [[_cast(ops.convert_to_tensor(w), "float32") for w in ws] for ws in twin_variables]
     if anchors:
-        anchors = [_as(ops.convert_to_tensor(a), "float32") for a in anchors]
+        anchors = [_cast(ops.convert_to_tensor(a), "float32") for a in anchors]
     anchor = _total([
         finish(each.sum_squares(each.mul(each.sub(ws, anchors) if anchors else ws,
-                                         [_as(m, "float32") for m in ms])))
+                                         [_cast(m, "float32") for m in ms])))
         for ws, ms in zip(twin_variables, masks)
     ])
     pairs = []
@@ -162,18 +144,18 @@ def proximal_update_weights(values, free, anchors, coefficients):
     Returns:
         The updated values, aligned with `values`, each in its stored dtype.
     """
-    each = step_lib.each  # one operation per list (PyTorch's foreach), or per tensor
+    each = backend.elementwise  # one operation per list (PyTorch's foreach), or per tensor
     dtype = coefficients["dtype"]
     d, inv_anchored, gap, scale = (coefficients[k] for k in ("d", "inv_anchored", "gap", "scale"))
     stored = [keras.backend.standardize_dtype(v.dtype) for v in values[0]]
-    values = [[_as(ops.convert_to_tensor(v), dtype) for v in ws] for ws in values]
-    free = [[_as(e, dtype) for e in es] for es in free]
+    values = [[_cast(ops.convert_to_tensor(v), dtype) for v in ws] for ws in values]
+    free = [[_cast(e, dtype) for e in es] for es in free]
     total, free_value = values[0], each.mul(free[0], values[0])
     for es, ws in zip(free[1:], values[1:]):
         total, free_value = each.add(total, ws), each.add(free_value, each.mul(es, ws))
     weighted = each.add(each.mul(total, inv_anchored), each.mul(free_value, gap))
     if anchors is not None:
-        anchors = [_as(ops.convert_to_tensor(a), dtype) for a in anchors]
+        anchors = [_cast(ops.convert_to_tensor(a), dtype) for a in anchors]
         weighted = each.add(weighted, each.mul(anchors, coefficients["anchor_weight"]))
         pulled = each.mul(anchors, d)
     u = each.mul(weighted, scale)
@@ -183,7 +165,7 @@ def proximal_update_weights(values, free, anchors, coefficients):
         r = each.add(ws, u)
         if anchors is not None:  # + d·a_k·θ̃, a_k = 1 − e_k
             r = each.add(r, each.mul(pulled, each.add(each.mul(es, -1.0), 1.0)))
-        result.append([_as(x, s) for x, s in zip(each.mul(r, inv), stored)])
+        result.append([_cast(x, s) for x, s in zip(each.mul(r, inv), stored)])
     return result
 
 

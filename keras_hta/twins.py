@@ -37,8 +37,10 @@ import keras
 from keras import ops
 from keras_hta import anchors as anchors_lib
 from keras_hta import compat
+from keras_hta import network as network_lib
 from keras_hta import splits as splits_lib
-from keras_hta import step as step_lib
+from keras_hta import twin_plan
+from keras_hta import backend
 from keras_hta import twin_variables as variables_lib
 from keras_hta.twin_variables import twin_name
 
@@ -72,55 +74,27 @@ class TwinState(keras.layers.Layer):
 
     def __init__(self, network, num_groups, split, anchor, seed=None, twinned=None, copied_state=None,
                  name="twin_state"):
-        processes = step_lib.process_count()
-        if split == "random" and seed is None and twinned is None and processes > 1:
-            raise ValueError(
-                f"HomotopyModel: split='random' with seed=None would draw a different mask on each of the "
-                f"{processes} processes; pass the same integer `seed` on every process.")
+        plan = twin_plan.TwinPlan(network, num_groups, split, anchor, seed)
+        plan.check_processes(twinned)
         super().__init__(name=name)
         object.__setattr__(self, "network", network)
-        variables = network.variables
-        object.__setattr__(self, "_count", len(variables))
-        created_trainable = compat.created_trainable(network)
-        seeds = compat.seed_states(network)
+        object.__setattr__(self, "plan", plan)
         self.num_groups = num_groups
-        object.__setattr__(self, "_split", split)
-        object.__setattr__(self, "_anchor", anchor)
         self.seed = seed
-        # Weights Keras could train (created trainable), in the network's order:
-        # what the "layers" and "random" splits are computed over.
-        object.__setattr__(self, "_candidates", [p for p, v in enumerate(variables) if id(v) in created_trainable])
-        # State: what the layers create non-trainable. Seed states are copied for
-        # every twin; the rest (BatchNorm statistics, ...) for the layers that
-        # train (a frozen BatchNormalization never moves its statistics).
-        object.__setattr__(self, "_state_candidates", [
-            p for p, v in enumerate(variables) if id(v) not in created_trainable and not v.trainable])
-        object.__setattr__(self, "_seed_positions", {p for p in self._state_candidates if id(variables[p]) in seeds})
-        owner = {}
-        for layer in compat.all_layers(network):  # parents first: the innermost layer owns a variable
-            for v in layer.weights:
-                owner[id(v)] = layer
-        object.__setattr__(self, "_owner", {p: owner.get(id(variables[p]), network) for p in self._state_candidates})
         object.__setattr__(self, "_state_positions", [])  # state positions copied for every twin, in creation order
-        object.__setattr__(self, "_layer_groups", None)  # "layers": position -> group, computed once
         object.__setattr__(self, "_order", [])  # twinned positions, in creation order
         object.__setattr__(self, "_anchors", {})  # position -> anchor variable (None: θ̃ = 0)
         object.__setattr__(self, "_groups", {})  # position -> group array, or int32 variable
-        self.anchor_slots = []  # tracked: anchors and stored groups
+        self.anchor_and_group_slots = []  # tracked: the anchors and the stored groups
         self.twins = [variables_lib.TwinWeights(k, name=f"twin_{twin_name(k, num_groups)}")
                       for k in range(1, num_groups)]
         self.built = True
-        object.__setattr__(self, "_creation_scope", step_lib.creation_scope())
-        self._copy_state(self._state_to_copy() if copied_state is None else list(copied_state))
-        trainable_ids = {id(v) for v in network.trainable_variables}
-        if twinned is None:
-            twinned = [p for p, v in enumerate(variables) if id(v) in trainable_ids and self._twinnable(v)]
+        object.__setattr__(self, "_creation_scope", backend.creation_scope())
+        self._copy_state(plan.state_to_copy() if copied_state is None else list(copied_state))
+        twinned = plan.trained_now() if twinned is None else list(twinned)
         if not twinned:
-            raise ValueError(
-                f"Argument `model` must have trainable weights. Received: model '{network.name}' with none: "
-                "HTA has nothing to split."
-            )
-        self._add(list(twinned), at_construction=True)
+            raise network_lib.nothing_to_split(network)
+        self._add(twinned)
         self._cache_masks()
         counts = self.group_sizes(self._order)
         if 0 in counts and self.split != "custom":  # "custom": the saved groups fill them
@@ -132,11 +106,6 @@ class TwinState(keras.layers.Layer):
     def build(self, input_shape=None):
         pass  # see TwinWeights.build
 
-    def _state_to_copy(self):
-        """State positions with no copy yet that need one now: seed states, and the state of trainable layers."""
-        return [p for p in self._state_candidates if p not in self._state_positions
-                and (p in self._seed_positions or self._owner[p].trainable)]
-
     def _copy_state(self, positions):
         variables = self.network.variables
         with self._creation_scope():
@@ -144,7 +113,7 @@ class TwinState(keras.layers.Layer):
                 v = variables[p]
                 for twin in self.twins:
                     value = v.numpy()
-                    if p in self._seed_positions:
+                    if p in self.plan.seed_positions:
                         value = variables_lib.fold_seed(value, twin.k)
                     twin.add(p, variables_lib.like(v, value, f"{variables_lib.slot_name(v)}_{twin_name(twin.k, self.num_groups)}", False))
                 self._state_positions.append(p)
@@ -155,26 +124,15 @@ class TwinState(keras.layers.Layer):
 
     @property
     def split(self):
-        return self._split if isinstance(self._split, str) else "custom"
-
-    @staticmethod
-    def _twinnable(variable):
-        # Keras overwrites float8 scales with their "gradient": they stay θ's.
-        return not getattr(variable, "overwrite_with_gradient", False)
+        return self.plan.split
 
     # -- which weights are twinned, and when --------------------------------
 
-    def _add(self, positions, at_construction=False):
+    def _add(self, positions):
         variables = self.network.variables
         values = [variables[p] for p in positions]
-        if not at_construction and (isinstance(self._anchor, (list, tuple)) or self._anchor == "custom"):
-            names = ", ".join(v.path for v in values)
-            raise ValueError(
-                f"Argument `anchor` gave arrays for the weights trainable at construction; {names} became trainable "
-                "later and has none. Pass `anchor` as a callable `variable -> array`, 'zeros' or 'init'."
-            )
-        anchors = anchors_lib.resolve_anchor(self._anchor, values) or [None] * len(values)
-        groups = self._groups_of(positions)
+        anchors = anchors_lib.resolve_anchor(self.plan.anchor_option, values) or [None] * len(values)
+        groups = self.plan.groups_of(positions)
         with self._creation_scope():
             for p, v, anchor, group in zip(positions, values, anchors, groups):
                 name = variables_lib.slot_name(v)
@@ -182,60 +140,30 @@ class TwinState(keras.layers.Layer):
                     twin.add(p, variables_lib.like(v, variables_lib.copy_of(v), f"{name}_{twin_name(twin.k, self.num_groups)}", True))
                 if anchor is not None:
                     self._anchors[p] = variables_lib.like(v, anchor, f"{name}_anchor", False)
-                    self.anchor_slots.append(self._anchors[p])
+                    self.anchor_and_group_slots.append(self._anchors[p])
                 if self.split in ("random", "custom"):  # stored (and saved) full-size
                     group = variables_lib.like(v, group, f"{name}_groups", False, dtype="int32")
-                    self.anchor_slots.append(group)
+                    self.anchor_and_group_slots.append(group)
                 self._groups[p] = group
                 self._order.append(p)
-
-    def _groups_of(self, positions):
-        """The group indices of the weights at `positions` (see `keras_hta.splits.assign_groups`)."""
-        variables = self.network.variables
-        candidates = [variables[p] for p in self._candidates]
-        if self._split == "layers" and self._layer_groups is None:
-            object.__setattr__(self, "_layer_groups", dict(zip(
-                self._candidates, splits_lib.layer_groups(self.network, candidates, self.num_groups))))
-        if self._split == "random":
-            wanted = [self._candidates.index(p) if p in self._candidates else None for p in positions]
-            drawn = splits_lib.random_groups([tuple(v.shape) for v in candidates], self.num_groups, self.seed,
-                                             keep={i for i in wanted if i is not None})
-            # A weight that was not a candidate (created frozen, trainable later): its own stream, from the
-            # seed and its position, so that every process draws the same mask.
-            return [drawn[i] if i is not None else splits_lib.random_groups(
-                [tuple(variables[p].shape)], self.num_groups, None if self.seed is None else [self.seed, p])[0]
-                for i, p in zip(wanted, positions)]
-        if self._split == "layers":
-            return [np.array(self._layer_groups.get(p, 0), "int32") for p in positions]
-        return splits_lib.assign_groups(self.network, [variables[p] for p in positions], self._split,
-                                        self.num_groups, check=False)
 
     def refresh(self):
         """At `compile`: twins for weights trainable now that have none; each twin variable trains as its weight does.
 
         Raises:
             ValueError: the network's variables changed since construction
-                (`enable_lora` or `quantize` after wrapping).
+                (`enable_lora` or `quantize` after wrapping), or a weight
+                trained since has no anchor or group to be had.
         """
-        variables = self.network.variables
-        if len(variables) != self._count:
-            raise ValueError(
-                f"The network '{self.network.name}' has {len(variables)} variables, {self._count} when it was wrapped: "
-                "change its structure (enable_lora, quantize) before wrapping it in HomotopyModel."
-            )
-        trainable = {id(v) for v in self.network.trainable_variables}
-        new = [p for p, v in enumerate(variables)
-               if id(v) in trainable and p not in self._groups and self._twinnable(v)]
+        self.plan.check_unchanged()
+        new = self.plan.trained_now(self._groups)
         if new:
-            if self.split == "custom" and not callable(self._split):
-                names = ", ".join(variables[p].path for p in new)
-                raise ValueError(
-                    f"Argument `split` was a callable, not saved with the model; {names} became trainable since "
-                    "and has no group. Wrap the network again with that `split`."
-                )
+            self.plan.check_later(new)
             self._add(new)
-        self._copy_state(self._state_to_copy())
+        self._copy_state(self.plan.state_to_copy(self._state_positions))
         self._cache_masks()
+        trainable = {id(v) for v in self.network.trainable_variables}
+        variables = self.network.variables
         for twin in self.twins:
             for p in self._order:
                 twin.by_position[p].trainable = id(variables[p]) in trainable
@@ -252,7 +180,7 @@ class TwinState(keras.layers.Layer):
 
     # -- what the step and the penalties read ------------------------------
 
-    def values(self, positions):
+    def per_twin_variables(self, positions):
         """Per twin (θ first), the variables standing for the weights at `positions`."""
         variables = self.network.variables
         return [[variables[p] for p in positions]] + [[t.by_position[p] for p in positions] for t in self.twins]
@@ -406,8 +334,8 @@ class TwinState(keras.layers.Layer):
         state (BatchNorm statistics) sat in its copy of the network, saved
         beside the network under the model's `layers`. Returns `(L, epoch)`.
         """
-        m, n = self.num_groups, len(self._candidates)
-        has_anchor, has_groups = self._anchor != "zeros", self.split in ("random", "custom")
+        m, n = self.num_groups, len(self.plan.candidates)
+        has_anchor, has_groups = self.plan.anchor_option != "zeros", self.split in ("random", "custom")
         if len(root_values) != m * n + 2 + n * (has_anchor + has_groups):
             raise ValueError(
                 f"This file holds {len(root_values)} HomotopyModel variables; a keras-hta 0.2 file of this model "
@@ -416,7 +344,7 @@ class TwinState(keras.layers.Layer):
         paired = [root_values[k * n:(k + 1) * n] for k in range(m)]
         rest = root_values[m * n + 2:]
         anchors, groups = (rest[:n], rest[n:]) if has_anchor else ([], rest)
-        index = {p: i for i, p in enumerate(self._candidates)}
+        index = {p: i for i, p in enumerate(self.plan.candidates)}
         for p in self._order:
             if p in self._anchors:
                 self._anchors[p].assign(anchors[index[p]])

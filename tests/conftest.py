@@ -188,3 +188,25 @@ def communicate_bounded(proc, bound=HANG_S):
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail(f"hung: process {proc.args!r:.200} gave no answer in {bound} s (a bound for hangs only)")
+
+
+def benchmark_script(name):
+    """The module of `benchmarks/<name>.py`, imported as when it runs: with the folder (and `common`) on the path."""
+    import sys
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(folder)
+
+
+def not_installed(folder, names):
+    """A folder to put first on a subprocess's PYTHONPATH so that `import name` fails for each of `names`, as where the
+    package is not installed (an ImportError, as Keras' optional imports expect), whatever this environment has."""
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(
+            f'raise ImportError("No module named {name!r} (not installed here: tests/conftest.py)")\n')
+    return str(folder)

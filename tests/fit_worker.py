@@ -32,7 +32,7 @@ args = parser.parse_args()
 if args.multi_worker and args.no_patch:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 elif args.multi_worker:
-    from keras_hta.multi_worker import multi_worker_strategy
+    from keras_hta import multi_worker_strategy
 
     strategy = multi_worker_strategy()
 else:

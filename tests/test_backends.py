@@ -195,7 +195,7 @@ def test_export_model_on_torch_writes_a_torch_program_that_predicts_as_theta(tmp
 
 
 def test_export_model_refuses_in_one_line_before_merging_or_writing(tmp_path):
-    from keras_hta.step import EXPORT_NEEDS
+    from keras_hta.export import EXPORT_NEEDS
 
     model = hta.HomotopyModel.from_model(dense_network())
     refused = {"h5": (ValueError, "must be one of")}
@@ -423,7 +423,7 @@ def check_model_parallel(num_devices):
         v = {w.path: w for w in network.variables}[path]
         copies = [model.twin(1).variable(v)]  # its twin's (η's BatchNormalization statistics for the others)
         if v.trainable:  # and its anchor's and both momenta
-            copies += [a for a in model.twin_state.anchor_slots if a.path == f"{v.path.replace('/', '_')}_anchor"]
+            copies += [a for a in model.twin_state.anchor_and_group_slots if a.path == f"{v.path.replace('/', '_')}_anchor"]
             copies += [s for s in slots.values() if s.path.endswith("momentum") and v.path.replace("/", "_") in s.path]
             assert len(copies) == 4, [c.path for c in copies]
         for copy in [v] + copies:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import needs, run_bounded
+from conftest import benchmark_script, needs, run_bounded
 
 pytestmark = pytest.mark.harness  # run once, in the TensorFlow pass (tests/conftest.py)
 
@@ -134,20 +134,12 @@ def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
     assert (1 - ratio) == pytest.approx(1 - shrink, rel=2e-3)
 
 
-def _benchmark_module(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
 def test_importing_a_benchmark_script_changes_no_environment_variable():
     """Scripts set what they need (their backend, TensorFlow's threads) when they run, in `main()` or in their
     subprocesses' environment: importing one, as these tests do, leaves every later test and subprocess as it was."""
     before = dict(os.environ)
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
-        _benchmark_module(path.stem)
+        benchmark_script(path.stem)
         assert dict(os.environ) == before, f"importing benchmarks/{path.name} changed the environment"
 
 
@@ -155,12 +147,12 @@ def test_the_cost_tables_of_readme_and_results_render_from_their_json():
     """README's memory table and RESULTS §4's tables are what the scripts render from the committed JSON."""
     readme = (ROOT / "README.md").read_text()
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    twin_cost = _benchmark_module("twin_cost")
+    twin_cost = benchmark_script("twin_cost")
     saved = json.loads((ROOT / "benchmarks" / "results" / "twin_cost.json").read_text())
     assert twin_cost.render_memory_summary(saved) in readme
     for table in twin_cost.render(saved).strip().split("\n\n"):
         assert table.strip() in results
-    step_time = _benchmark_module("step_time")
+    step_time = benchmark_script("step_time")
     rows = json.loads((ROOT / "benchmarks" / "results" / "step_time.json").read_text())["rows"]
     assert step_time.render(rows).strip() in results
 
@@ -207,7 +199,7 @@ def test_the_main_jobs_tables_in_results_render_from_their_json():
     rendered = compare.markdown(saved["config"], saved["summary"], saved["command"], saved["runs"])
     tables = [block for block in rendered.split("\n\n") if block.startswith("| Model")]
     assert len(tables) == 2 and all(table.strip() in results for table in tables)
-    main_job_env = _benchmark_module("main_job_env")
+    main_job_env = benchmark_script("main_job_env")
     table = main_job_env.render(str(ROOT / "benchmarks" / "results" / "main-job-env"))
     assert table.count("\n") == 8 and table.strip() in results  # 2 settings x 3 environments
     for run in saved["runs"]:
@@ -219,7 +211,7 @@ def test_torch_profile_takes_each_ratio_within_a_round_and_renders_what_it_measu
     """One round on PyTorch: the fused pass is checked equal to the sequential one inside the script; each ratio
     is its parts' per-round times divided; the Markdown written is `render` of the JSON written."""
     needs("torch", " beside TensorFlow")
-    torch_profile = _benchmark_module("torch_profile")
+    torch_profile = benchmark_script("torch_profile")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND="torch")
     path = tmp_path / "tp.json"
     out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "torch_profile.py"), "--rounds", "2", "--steps", "1",
@@ -251,7 +243,7 @@ def test_torch_profile_refuses_bad_input_in_one_line(tmp_path, argv, env_backend
 
 def test_the_pytorch_profile_renders_from_its_json():
     """RESULTS §4's profile of PyTorch's step is `torch_profile.render` of the committed JSON."""
-    torch_profile = _benchmark_module("torch_profile")
+    torch_profile = benchmark_script("torch_profile")
     saved = json.loads((ROOT / "benchmarks" / "results" / "torch_profile.json").read_text())
     for table in torch_profile.render(saved).strip().split("\n\n"):
         assert table.strip() in (ROOT / "benchmarks" / "RESULTS.md").read_text()
@@ -259,7 +251,7 @@ def test_the_pytorch_profile_renders_from_its_json():
 
 def test_the_cost_of_going_wide_renders_from_its_json():
     """RESULTS §4's tables of all-reduced bytes and 2 processes against 1 are `wide_cost.render` of the JSON."""
-    wide_cost = _benchmark_module("wide_cost")
+    wide_cost = benchmark_script("wide_cost")
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     saved = json.loads((ROOT / "benchmarks" / "results" / "wide_cost.json").read_text())
     assert wide_cost.render(saved).strip() in results
@@ -274,7 +266,7 @@ def test_the_cost_of_going_wide_renders_from_its_json():
 
 def test_the_accuracy_tables_of_results_render_from_their_json():
     """RESULTS §5's tables (MNIST-1D and CIFAR-10) are `accuracy.render` of the committed runs."""
-    accuracy = _benchmark_module("accuracy")
+    accuracy = benchmark_script("accuracy")
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert accuracy.render(accuracy.MNIST1D).strip() in results
     assert accuracy.render(accuracy.CIFAR, seconds=True).strip() in results
@@ -282,7 +274,7 @@ def test_the_accuracy_tables_of_results_render_from_their_json():
 
 def test_the_study_tables_of_results_render_from_their_json():
     """RESULTS §7's tables (one per data set, the HTA-beyond-decay lines, the design's MDE) render from the JSON."""
-    study_report = _benchmark_module("study_report")
+    study_report = benchmark_script("study_report")
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     folder = ROOT / "benchmarks" / "results"
     summary = json.loads((folder / "study-summary.json").read_text())
@@ -301,16 +293,16 @@ def _rendered_results():
 
     folder = ROOT / "benchmarks" / "results"
     load = lambda name: json.loads((folder / name).read_text())  # noqa: E731
-    accuracy, study_report = _benchmark_module("accuracy"), _benchmark_module("study_report")
-    twin_cost, saved = _benchmark_module("twin_cost"), load("compare-default/results.json")
+    accuracy, study_report = benchmark_script("accuracy"), benchmark_script("study_report")
+    twin_cost, saved = benchmark_script("twin_cost"), load("compare-default/results.json")
     summary = load("study-summary.json")
     texts = [nonconvex.render_table1(load("nonconvex.json")), accuracy.render(accuracy.MNIST1D),
              accuracy.render(accuracy.CIFAR, seconds=True), study_report.markdown(summary),
-             _benchmark_module("step_time").render(load("step_time.json")["rows"]),
+             benchmark_script("step_time").render(load("step_time.json")["rows"]),
              twin_cost.render(load("twin_cost.json")), twin_cost.render_memory_summary(load("twin_cost.json")),
-             _benchmark_module("wide_cost").render(load("wide_cost.json")),
-             _benchmark_module("torch_profile").render(load("torch_profile.json")),
-             _benchmark_module("main_job_env").render(str(folder / "main-job-env")),
+             benchmark_script("wide_cost").render(load("wide_cost.json")),
+             benchmark_script("torch_profile").render(load("torch_profile.json")),
+             benchmark_script("main_job_env").render(str(folder / "main-job-env")),
              compare.markdown(saved["config"], saved["summary"], saved["command"], saved["runs"])]
     texts += [study_report.results_table(d, load(f"study-{d}/study.json"), summary)
               for d in ("mnist1d-cnn", "mnist1d-mlp", "cifar10")]
@@ -342,7 +334,7 @@ def test_every_figure_of_the_readme_results_table_is_in_a_rendered_table():
 
 def test_the_mnist1d_grid_table_renders_from_its_json():
     """RESULTS §3's grid of HTA settings is `mnist1d_grid.render` of the committed runs, all with --threads 1."""
-    grid = _benchmark_module("mnist1d_grid")
+    grid = benchmark_script("mnist1d_grid")
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert grid.render().strip() in results
     for name, flags, _ in grid.RUNS:

@@ -37,14 +37,20 @@ def test_compare_writes_json_markdown_and_plot_then_resumes(tmp_path, capsys):
     assert "| Model | Original error rate | Error rate with HTA | Rate of improvement |" in table
     assert f"{s['hta']['error_mean']:.2f}%" in table
     import importlib.metadata
-    import keras
+    import subprocess
 
-    for run in result["runs"]:  # what produced each run: versions, Python, threads, the command
+    import keras
+    from keras_hta.experiments import provenance
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for run in result["runs"]:  # what produced each run: commit, versions, Python, CPU, threads, the command
         p = run["provenance"]
         assert p["versions"]["keras"] == keras.__version__ and p["versions"]["numpy"] == np.__version__
         assert p["versions"]["mnist1d"] == importlib.metadata.version("mnist1d")
         assert p["cpus"]["usable"] == len(os.sched_getaffinity(0)) and p["command"].startswith("keras-hta compare")
-    assert f"Produced with keras {keras.__version__}" in table and "(2 of 2 runs record it)" in table
+        assert p["code"]["commit"] == head and p["cpu"] == provenance.cpu() and p["backend"] == keras.backend.backend()
+    assert f"Produced by commit {head[:10]}" in table and f"with keras {keras.__version__}" in table
+    assert provenance.cpu()["model"] in table and "(2 of 2 runs record it)" in table
     assert _png(out / "val_error.png")
     capsys.readouterr()
     cli.main(["compare", "--model", "mlp", "--out", str(out)] + TINY)
@@ -450,20 +456,27 @@ def test_export_of_a_file_that_is_not_a_keras_archive_says_so(tmp_path, capsys):
     assert info.value.code == 2 and "is not a Keras archive" in _one_line(capsys)
 
 
-def test_results_md_says_in_words_who_won_by_how_much_and_whether_it_is_significant(tmp_path):
-    from scipy import stats
+def test_results_md_says_in_words_who_won_by_how_much_and_what_the_paired_seeds_resolve(tmp_path):
+    from scipy import stats as scipy_stats
+
+    from keras_hta.experiments import stats
 
     out = tmp_path / "run"
-    cli.main(["compare", "--model", "mlp", "--out", str(out), "--epochs", "1", "--seeds", "0", "1", "--verbose", "0",
-              "--train-size", "256", "--test-size", "128"])
+    cli.main(["compare", "--model", "mlp", "--out", str(out), "--epochs", "1", "--seeds", "0", "1", "2",
+              "--verbose", "0", "--train-size", "256", "--test-size", "128"])
     runs = json.loads((out / "results.json").read_text())["runs"]
-    acc = {arm: [100 - r["test_error"] for r in runs if r["arm"] == arm] for arm in ("sgd", "hta")}
-    p = stats.ttest_ind(acc["hta"], acc["sgd"], equal_var=False).pvalue
+    acc = {arm: [100 - r["test_error"] for r in sorted(runs, key=lambda r: r["seed"]) if r["arm"] == arm]
+           for arm in ("sgd", "hta")}
+    d = np.subtract(acc["hta"], acc["sgd"])  # seed by seed
+    half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
     gap = np.mean(acc["hta"]) - np.mean(acc["sgd"])
     line = next(l for l in (out / "results.md").read_text().splitlines() if l.startswith("- HTA"))
     assert f"({gap:+.2f} points)" in line and ("above" if gap > 0 else "below" if gap < 0 else "level with") in line
-    assert f"p = {p:.2g} over 2 and 2 seeds" in line
-    assert ("not significant" if p >= 0.05 else "significant") in line
+    assert f"paired over 3 seeds, HTA − SGD = {d.mean():+.2f} points" in line
+    assert f"95% CI [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]" in line
+    assert f"paired t p = {stats.format_p(scipy_stats.ttest_rel(acc['hta'], acc['sgd']).pvalue)}" in line
+    assert ("excludes 0" if d.mean() - half > 0 or d.mean() + half < 0 else "includes 0") in line
+    assert f"detect a true difference of {stats.paired_mde(d.std(ddof=1), 3):.2f} points" in line
 
 
 def test_a_run_that_diverges_is_reported_in_words_and_not_compared(tmp_path):
@@ -581,3 +594,16 @@ def test_nonconvex_refuses_grids_it_cannot_solve_in_one_line_naming_the_flag(cap
         cli.main(["nonconvex"] + flags)
     line = _one_line(capsys)
     assert info.value.code == 2 and f"Received: {says}" in line, line
+
+
+def test_checking_the_flags_starts_neither_keras_nor_tensorflow():
+    """`compare --threads` sets TensorFlow's pools before TensorFlow starts: every check before it must not start it."""
+    code = ("import sys; sys.argv = ['-m']\n"  # as `python -m keras_hta.experiments.cli` imports the package
+            "from keras_hta.experiments import cli, compare\n"
+            "args = cli.build_parser().parse_args(['compare', '--norm', 'l2', '--penalty-update', 'gradient', "
+            "'--train-size', '100', '--val-size', '0.2'])\n"
+            "compare._config(args); compare.check_writable_folder(args.out)\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, sorted(sys.modules)\n")
+    out = run_bounded([sys.executable, "-c", code], capture_output=True, text=True,
+                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -103,15 +103,14 @@ def test_export_command_refuses_a_file_a_full_folder_and_a_missing_twin_before_l
     np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-5)
 
 
-
 def test_export_command_without_the_package_a_backend_needs_says_what_to_install_before_loading(
         tmp_path, capsys, monkeypatch):
     """On JAX without TensorFlow the SavedModel cannot be written: one line naming the package, nothing loaded."""
-    from keras_hta import step
+    from keras_hta import backend
 
     model, _ = _trained()
     model.save(tmp_path / "m.keras")
-    monkeypatch.setattr(step, "BACKEND", "jax")
+    monkeypatch.setattr(backend, "BACKEND", "jax")
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(
         name, *a))

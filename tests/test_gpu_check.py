@@ -12,16 +12,18 @@ import sys
 
 import pytest
 
-from conftest import BACKEND, run_bounded
+from conftest import BACKEND, benchmark_script, not_installed, run_bounded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_dry_run_runs_every_stage_on_jax_without_tensorflow(tmp_path):
-    """Runs in the JAX pass of CI, an environment without TensorFlow; each stage records it imported none."""
+    """As on a GPU machine without TensorFlow (made uninstalled here: Keras' `set_random_seed` imports it wherever it
+    is installed); each stage records it imported none."""
     if BACKEND != "jax":
-        pytest.skip("the JAX pass runs it (CI: without TensorFlow installed)")
-    env = dict(os.environ)  # gpu_check.py puts the repository on sys.path itself
+        pytest.skip("the JAX pass runs it")
+    # gpu_check.py puts the repository on sys.path itself
+    env = dict(os.environ, PYTHONPATH=not_installed(tmp_path / "not-installed", ["tensorflow"]))
     out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -51,12 +53,7 @@ def test_gpu_check_dry_run_runs_every_stage_on_jax_without_tensorflow(tmp_path):
 
 
 def _gpu_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("gpu_check")
 
 
 def test_stage_d_epochs_pay_three_compilations_and_3_4_sgd_epochs_each():
@@ -85,8 +82,11 @@ def test_a_stage_cut_short_keeps_the_rows_it_saved(tmp_path, monkeypatch):
     """The driver, its stage's process replaced: one row saved, then the time limit."""
     gpu_check = _gpu_check()
     calls = []
+    real_run = subprocess.run
 
-    def run(command, timeout, **kwargs):
+    def run(command, timeout=None, **kwargs):
+        if "--stage" not in command:  # not a stage: git, for the results' provenance
+            return real_run(command, timeout=timeout, **kwargs)
         stage = command[command.index("--stage") + 1]
         calls.append((stage, timeout))
         if stage == "c":

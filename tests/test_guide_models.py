@@ -252,19 +252,24 @@ def test_subclassed_network_rebuilt_from_config_exports(tmp_path):
     _export_if_possible(model, str(tmp_path / "served"), x)
 
 
-def test_add_loss_model_each_twin_takes_its_own_add_loss():
+@pytest.mark.parametrize("loss", ["mse", None])
+def test_add_loss_model_each_twin_takes_its_own_add_loss(loss):
+    """f of each twin: the compiled loss (none: the add_loss term alone) plus that twin's own add_loss term."""
     x, y = _data()
     inputs = keras.Input((4,))
     network = keras.Model(inputs, keras.layers.Dense(2)(ActivityPenalty(0.5)(keras.layers.Dense(5)(inputs))))
     model = hta.HomotopyModel.from_model(network, homotopy_l=0.5)
     model.twin(1).set_weights([w * 2.0 for w in model.twin(1).get_weights()])
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    history = model.fit(x, None if loss is None else y, batch_size=32, epochs=1, verbose=0)
+    want = []
     for k, key in ((0, "f_theta"), (1, "f_eta")):
         hidden = _np(hta.merge(model, how=k).layers[1](x))
-        want = np.mean((model.twin(k).predict(x) - y) ** 2) + 0.5 * np.mean(hidden**2)
-        np.testing.assert_allclose(history.history[key][0], want, rtol=1e-5, err_msg=key)
+        want.append(0.5 * np.mean(hidden**2) + (np.mean((model.twin(k).predict(x) - y) ** 2) if loss else 0.0))
+        np.testing.assert_allclose(history.history[key][0], want[k], rtol=1e-5, err_msg=key)
     assert abs(history.history["f_theta"][0] - history.history["f_eta"][0]) > 0.1
+    evaluated = model.evaluate(x, None if loss is None else y, batch_size=32, verbose=0)  # θ's f
+    np.testing.assert_allclose(evaluated, want[0], rtol=1e-5)
 
 
 def test_a_network_with_its_own_train_step_is_wrapped_with_a_warning():

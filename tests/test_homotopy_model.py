@@ -156,7 +156,8 @@ def test_small_l_pulls_the_twins_together():
     assert gaps[1] < gaps[0] / 3 and gaps[2] < gaps[1] / 3
 
 
-def test_twins_are_separate_weights_and_batchnorm_statistics():
+def test_twins_are_separate_weights_that_start_as_copies_and_inference_uses_theta():
+    """(Each twin's BatchNorm statistics, exactly: test_twins.py.)"""
     x, y = regression_data(n=32)
     model = hta.HomotopyModel.from_model(dense_network(hidden=6, batch_norm=True), homotopy_l=0.5)
     paths = [v.path for v in model.weights]
@@ -167,9 +168,6 @@ def test_twins_are_separate_weights_and_batchnorm_statistics():
         np.testing.assert_array_equal(a, b)  # η starts as an exact copy
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
-    bn_theta = model.network.layers[2].moving_mean.numpy()
-    bn_eta = model.twin(1).variable(model.network.layers[2].moving_mean).numpy()
-    assert np.abs(bn_theta - bn_eta).max() > 1e-4
     # Inference uses θ.
     np.testing.assert_allclose(model.predict(x, verbose=0), model.network.predict(x, verbose=0), atol=1e-6)
 
@@ -513,29 +511,6 @@ def test_restore_best_weights_keeps_l_and_the_schedule_position(scheduler_first)
         assert got.shape == () or not np.array_equal(got, last) or np.all(got == 0)
 
 
-class _MeanSquareLoss(keras.layers.Layer):
-    """Identity that adds mean(x²) to the model's losses (the public `add_loss`)."""
-
-    def call(self, x):
-        self.add_loss(keras.ops.mean(x**2))
-        return x
-
-
-def test_add_loss_only_model_each_twin_takes_its_own_loss():
-    """loss=None: f of every twin is that twin's `add_loss` term alone, θ's in `evaluate`."""
-    x, _ = regression_data(n=16)
-    inputs = keras.Input((4,))
-    outputs = _MeanSquareLoss()(keras.layers.Dense(3)(inputs))
-    model = hta.HomotopyModel(inputs, outputs, homotopy_l=0.5)
-    model.twin(1).set_weights([w * 3.0 for w in model.twin(1).get_weights()])
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
-    history = model.fit(x, batch_size=16, epochs=1, verbose=0)
-    want = [np.mean(_np(hta.merge(model, how=k).layers[1](x)) ** 2) for k in range(2)]
-    np.testing.assert_allclose([history.history["f_theta"][0], history.history["f_eta"][0]], want, rtol=1e-5)
-    assert abs(want[1] - want[0]) > 0.1
-    np.testing.assert_allclose(model.evaluate(x, verbose=0), want[0], rtol=1e-5)
-
-
 def test_gradient_accumulation_equals_the_large_batch():
     """accumulate 2 batches of 8 = one batch of 16: the proximal step follows the optimizer's real steps."""
     x, y = regression_data(n=64)
@@ -676,3 +651,24 @@ def test_a_fit_that_raises_leaves_the_last_completed_step_and_the_next_fit_works
                          callbacks=[hta.HomotopyScheduler(schedule)])  # and the next fit goes on from there
     assert np.isfinite(history.history["loss"][0]) and int(failed.homotopy_epoch.numpy()) == 2
     np.testing.assert_allclose(history.history["homotopy_l"], [0.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_groups, anchor", [(2, "init"), (3, "zeros")])
+def test_the_public_proximal_step_is_the_float64_solve_for_a_custom_training_loop(num_groups, anchor):
+    """`model.proximal_step(γ)`, called after a custom loop's own optimizer step, sets every twin to the exact
+    minimiser of ½‖w − w′‖² + γ·penalties(w) at the current L."""
+    from reference import proximal_solve_twins
+
+    model = hta.HomotopyModel.from_model(dense_network(hidden=5), num_groups=num_groups, anchor=anchor,
+                                         homotopy_l=0.3)
+    rng = np.random.default_rng(2)
+    for k in range(num_groups):  # twins apart, and off the anchor
+        model.twin(k).set_weights([w + rng.normal(scale=0.5, size=w.shape) for w in model.twin(k).get_weights()])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [[_np(v) for v in model.twin(k).trainable_weights] for k in range(num_groups)]
+    anchors = None if anchor == "zeros" else [_np(a) for a in model.anchors]
+    want = proximal_solve_twins(before, [[_np(m) for m in ms] for ms in model.anchor_masks], anchors, 0.07, 0.3)
+    model.proximal_step(0.07)
+    for k in range(num_groups):
+        for got, expected in zip(model.twin(k).trainable_weights, want[k]):
+            np.testing.assert_allclose(_np(got), expected, rtol=1e-5, atol=1e-6)

@@ -130,15 +130,18 @@ def test_stopping_the_launcher_stops_every_process(tmp_path):
     if not pathlib.Path("/proc/self/cmdline").exists():
         pytest.skip("reads /proc")
     marker = str(tmp_path / "long")
+    backups = [tmp_path / "backup" / f"process{i}" for i in range(2)]
     env = dict(os.environ, KERAS_BACKEND=BACKEND, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    launcher = subprocess.Popen([sys.executable, str(EXAMPLE), "--local", "2", "--epochs", "100000", "--out", marker],
+    launcher = subprocess.Popen([sys.executable, str(EXAMPLE), "--local", "2", "--epochs", "100000", "--out", marker,
+                                 "--backup", str(tmp_path / "backup")],
                                 env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + HANG_S
-        while len(_processes_running(marker)) < 3:  # the launcher and its two processes
+        # Training: both processes have written their first epoch's backup.
+        while not all(folder.is_dir() and any(folder.iterdir()) for folder in backups):
             assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-2000:]
             time.sleep(0.2)
-        time.sleep(3)  # into training
+        assert len(_processes_running(marker)) == 3  # the launcher and its two processes
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(HANG_S) == 130
         assert "multi_process: interrupted" in launcher.stderr.read()

@@ -123,7 +123,7 @@ def test_the_workaround_replaces_only_the_code_it_was_checked_against(monkeypatc
     assert tf_trainer.reduce_per_replica is reduce_per_replica  # left as Keras has it
     assert tf_trainer.TensorFlowTrainer._maybe_symbolic_build is build
     assert [str(w.message) for w in caught] == [
-        f"keras_hta.multi_worker: in Keras {keras.__version__}, reduce_per_replica is missing or not the code the "
+        f"keras_hta.multi_worker_strategy: in Keras {keras.__version__}, reduce_per_replica is missing or not the code the "
         "workaround for keras-team/keras#20585 was checked against, so it is not installed; training runs with Keras "
         "as it is."]
     assert compat.source_hash(reduce_per_replica) != compat.CHECKED_SOURCES["reduce_per_replica"]

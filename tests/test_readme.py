@@ -12,7 +12,7 @@ import re
 import sys
 
 import pytest
-from conftest import BACKEND, run_bounded
+from conftest import BACKEND, not_installed, run_bounded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -43,12 +43,7 @@ def _run(code, tmp_path, missing=()):
     """Runs `code` in a fresh process where the packages `missing` fail to import, as where they are not installed."""
     path = [str(ROOT)]
     if missing:
-        shadow = tmp_path / "not-installed"
-        for name in missing:
-            (shadow / name).mkdir(parents=True, exist_ok=True)
-            (shadow / name / "__init__.py").write_text(
-                f'raise ImportError("No module named {name!r} (not installed here: tests/test_readme.py)")\n')
-        path.insert(0, str(shadow))
+        path.insert(0, not_installed(tmp_path / "not-installed", missing))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(path))
     out = run_bounded([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                       cwd=tmp_path)  # a bound for hangs only

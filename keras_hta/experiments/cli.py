@@ -213,10 +213,10 @@ def run_export(args):
         raise ValueError(f"Argument `path` is a folder that holds files; pass --overwrite to replace it. "
                          f"Received: {args.path!r}")
     import keras_hta
-    from keras_hta import step
+    from keras_hta.export import export_problem
     from keras_hta.homotopy_model import HomotopyModel  # registers the class before Keras looks it up
 
-    problem = step.export_problem("keras-hta export", "tf_saved_model")  # before the model is loaded
+    problem = export_problem("keras-hta export", "tf_saved_model")  # before the model is loaded
     if problem is not None:
         raise problem
     model = _load(args.checkpoint)

@@ -118,7 +118,7 @@ def _config(args):
 # reordering of floating-point operations off. With these, `keras-hta compare`'s default gave identical
 # runs (every validation curve and test error) on 2 idle cores, pinned to one core and with both cores
 # busy (RESULTS §3); TensorFlow's defaults gave 11.93 / 12.87, 11.77 / 12.33 and 13.37 / 12.40 there.
-THREAD_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+THREAD_ENV = provenance.THREAD_ENV
 
 
 def fix_threads(threads):
@@ -136,23 +136,11 @@ def fix_threads(threads):
         os.environ.setdefault(name, value)
 
 
-def thread_settings():
-    """The thread and determinism settings a run had: the variables above, and TensorFlow's pools if imported."""
-    import sys
-
-    settings = {name: os.environ.get(name) for name in THREAD_ENV}
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        settings["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
-        settings["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
-    return settings
-
-
 def check_norm_flags(norm, penalty_update):
-    """`--norm l2` needs `--penalty-update gradient` (what `keras_hta.penalties.check_options` requires)."""
-    if norm == "l2" and penalty_update == "proximal":
-        raise ValueError("Argument `--norm l2` needs `--penalty-update gradient` (the proximal step is exact for "
-                         "the squared norms only). Received: --norm l2, --penalty-update proximal")
+    """`--norm` and `--penalty-update` as the library checks `norm` and `penalty_update` (one rule, one place)."""
+    from keras_hta import checks  # no Keras: before --threads
+
+    checks.check_options(norm, penalty_update, names={"norm": "--norm", "penalty_update": "--penalty-update"})
 
 
 def fit_verbosity(args):
@@ -209,6 +197,17 @@ def data_model_config(args, keys, arms=("sgd",)):
     config = {"dataset": dataset, "model": model, **{k: getattr(args, k) for k in keys}}
     if "sgd" not in arms:
         raise ValueError(f"Argument `--arms` must include the baseline 'sgd'. Received: --arms {' '.join(arms)}")
+    _check_numbers(config)
+    if args.data_dir:
+        _check_data_dir(args.data_dir)
+    sizes = _known_sizes(args)
+    if sizes is not None:
+        check_sizes(config, *sizes)
+    return config
+
+
+def _check_numbers(config):
+    """Counts >= 1, rates finite, momentum in [0, 1), a validation size that is a count or a fraction."""
     for name in ("epochs", "batch_size", "epochs_per_L", "train_size", "test_size"):
         if config.get(name) is not None and config[name] < 1:
             raise ValueError(f"Argument `--{name.replace('_', '-')}` must be >= 1. "
@@ -220,22 +219,21 @@ def data_model_config(args, keys, arms=("sgd",)):
     val = config.get("val_size")
     if val is not None and val >= 1 and val != int(val):
         raise ValueError(f"Argument `--val-size` must be a count or a fraction below 1. Received: --val-size {val}")
-    if args.data_dir and not os.path.exists(args.data_dir):
-        raise ValueError(f"Argument `--data-dir` does not exist. Received: --data-dir {args.data_dir}")
-    if args.data_dir and os.path.isdir(args.data_dir) and not all(
-            os.path.isdir(os.path.join(args.data_dir, split)) for split in ("train", "test")):
+
+
+def _check_data_dir(path):
+    """A folder holding train/ and test/ image folders, or a tar archive of them."""
+    if not os.path.exists(path):
+        raise ValueError(f"Argument `--data-dir` does not exist. Received: --data-dir {path}")
+    if os.path.isdir(path) and not all(os.path.isdir(os.path.join(path, split)) for split in ("train", "test")):
         raise ValueError("Argument `--data-dir` must hold train/<class>/ and test/<class>/ image folders (or be "
-                         f"a .tar.gz of them). Received: --data-dir {args.data_dir}")
-    if args.data_dir and os.path.isfile(args.data_dir):
+                         f"a .tar.gz of them). Received: --data-dir {path}")
+    if os.path.isfile(path):
         import tarfile
 
-        if not tarfile.is_tarfile(args.data_dir):
+        if not tarfile.is_tarfile(path):
             raise ValueError("Argument `--data-dir` is a file but not a .tar or .tar.gz archive of image folders. "
-                             f"Received: --data-dir {args.data_dir}")
-    sizes = _known_sizes(args)
-    if sizes is not None:
-        check_sizes(config, *sizes)
-    return config
+                             f"Received: --data-dir {path}")
 
 
 def _known_sizes(args):
@@ -338,7 +336,7 @@ def _strategy(multi_worker=False):
 
     if "strategy" not in _STRATEGY:
         if multi_worker:
-            from keras_hta.multi_worker import multi_worker_strategy
+            from keras_hta import multi_worker_strategy
 
             _STRATEGY["strategy"] = multi_worker_strategy()
         else:
@@ -419,7 +417,8 @@ def train_one(config, arm, seed, d, verbose=0, multi_worker=False):
 
 
 def summarize(runs):
-    """Per arm over seeds: test accuracy mean, sample std (ddof=1), max; mean errors; rate of improvement over SGD."""
+    """Per arm over seeds: test accuracy mean, sample std (ddof=1), max; mean errors; rate of improvement over SGD;
+    and each arm against SGD paired seed by seed (`stats.paired`, with the difference it detects at power 0.8)."""
     from keras_hta.experiments import stats
 
     summary = {}
@@ -442,19 +441,29 @@ def summarize(runs):
                 summary[arm]["roi_percent"] = 100.0 * (base - summary[arm]["error_mean"]) / base
         if "hta" in summary:
             summary["roi_percent"] = summary["hta"]["roi_percent"]
+    for arm in (arm for arm in ARMS[1:] if arm in summary and "sgd" in summary):
+        ours, sgd = paired_accuracies(arm, runs)
+        if len(ours) >= 2:  # the paired difference over the seeds both arms ran: what results.md states
+            row = stats.paired(ours, sgd)
+            row["mde_power_0.8"] = stats.paired_mde(row["sd_diff"], row["n"]) if row["sd_diff"] > 0 else None
+            summary[arm]["paired_vs_sgd"] = row
     return summary
 
 
 def describe_provenance(runs):
-    """One line per distinct environment the runs came from (versions, Python, CPUs), or none for older runs."""
+    """One line per distinct environment the runs came from (code, versions, Python, CPU), or none for older runs."""
     seen = []
     for r in runs or []:
         p = r.get("provenance") if isinstance(r, dict) else None
         if not p:
             continue
-        line = ("Produced with " + ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
+        code, cpu = p.get("code"), p.get("cpu")
+        line = ("Produced " + (f"by commit {code['commit'][:10]}{' with local changes' if code['dirty'] else ''} "
+                               if code else "")
+                + "with " + ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
                 + f"; Python {p.get('python')}; {(p.get('cpus') or {}).get('usable')} usable CPUs of "
-                f"{(p.get('cpus') or {}).get('machine')}")
+                f"{(p.get('cpus') or {}).get('machine')}"
+                + (f" ({cpu['model']}; {' '.join(cpu['vector']) or 'no vector sets recorded'})" if cpu else ""))
         threads = p.get("threads") or {}
         if threads:
             line += "; " + ", ".join(f"{k}={threads.get(k)}" for k in THREAD_ENV if threads.get(k) is not None)
@@ -464,39 +473,58 @@ def describe_provenance(runs):
 
 
 def markdown(config, summary, command, runs=None):
+    """results.md: the command, where the runs came from, the settings, Tables 2 and 3, and the comparison in words."""
     name = config["model"] + (f" (width {config['width']:g})" if config["width"] != 1 else "")
-    s, h = summary.get("sgd"), summary.get("hta")
+    return "\n".join(_header(config, command, runs) + _table2(name, summary) + _table3(name, summary)
+                     + _in_words(summary, runs)) + "\n"
+
+
+def _header(config, command, runs):
     produced = describe_provenance(runs)
-    lines = [f"Command: `{command}`", ""] + ([f"{line} ({sum(1 for r in runs if r.get('provenance'))} of "
-                                              f"{len(runs)} runs record it)." for line in produced] + [""]
-                                             if produced else []) + [f"Data: {config['dataset']}; {config['epochs']} epochs; "
-             f"validation {config['val_size']:g} held out of train; "
-             f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs each; "
-             f"norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, "
-             f"anchor={config['anchor']}; backend {config.get('backend', 'tensorflow')}", "",
-             "Table 2 format (test error after the last epoch, mean over seeds):", "",
+    recorded = sum(1 for r in runs or [] if r.get("provenance"))
+    lines = [f"Command: `{command}`", ""]
+    if produced:
+        lines += [f"{line} ({recorded} of {len(runs)} runs record it)." for line in produced] + [""]
+    return lines + [
+        f"Data: {config['dataset']}; {config['epochs']} epochs; validation {config['val_size']:g} held out of train; "
+        f"L {config['L_start']:g} -> {config['L_stop']:g} by {config['L_step']:g}, {config['epochs_per_L']} epochs "
+        f"each; norm={config['norm']}, penalty_update={config['penalty_update']}, split={config['split']}, "
+        f"anchor={config['anchor']}; backend {config.get('backend', 'tensorflow')}", ""]
+
+
+def _table2(name, summary):
+    lines = ["Table 2 format (test error after the last epoch, mean over seeds):", "",
              "| Model | Original error rate | Error rate with HTA | Rate of improvement |", "|---|---|---|---|"]
+    s, h = summary.get("sgd"), summary.get("hta")
     if s and h:
         lines.append(f"| {name} | {s['error_mean']:.2f}% | {h['error_mean']:.2f}% | {summary['roi_percent']:.2f}% |")
-    lines += ["", "Table 3 format (accuracy over seeds; rate of improvement of the mean test error over SGD):", "",
-              "| Model | Method | seeds | validation mean | test mean | test sample std | test max | rate of improvement "
-              "| seconds per run |", "|---|---|---|---|---|---|---|---|---|"]
-    for arm in ARMS:
-        if arm in summary:
-            a = summary[arm]
-            roi = f"{a['roi_percent']:.2f}%" if "roi_percent" in a else "-"
-            lines.append(f"| {name} | {ARM_LABELS[arm]} | {a['seeds']} | {a['val_acc_mean']:.2f}% | {a['acc_mean']:.2f}% "
-                         f"| {_std(a['acc_std'])} | {a['acc_max']:.2f}% | {roi} | {a['seconds_mean']:.1f} |")
+    return lines
+
+
+def _table3(name, summary):
+    lines = ["", "Table 3 format (accuracy over seeds; rate of improvement of the mean test error over SGD):", "",
+             "| Model | Method | seeds | validation mean | test mean | test sample std | test max | rate of improvement "
+             "| seconds per run |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm in (arm for arm in ARMS if arm in summary):
+        a = summary[arm]
+        roi = f"{a['roi_percent']:.2f}%" if "roi_percent" in a else "-"
+        lines.append(f"| {name} | {ARM_LABELS[arm]} | {a['seeds']} | {a['val_acc_mean']:.2f}% | {a['acc_mean']:.2f}% "
+                     f"| {_std(a['acc_std'])} | {a['acc_max']:.2f}% | {roi} | {a['seconds_mean']:.1f} |")
+    return lines
+
+
+def _in_words(summary, runs):
+    lines = []
     verdicts = [verdict(arm, summary, runs) for arm in ARMS[1:] if arm in summary and "sgd" in summary]
     if verdicts:
-        lines += ["", "In words (test accuracy against SGD; sample std over seeds, ddof=1):", ""]
+        lines += ["", "In words (test accuracy against SGD, paired seed by seed; two-sided tests):", ""]
         lines += [f"- {v}" for v in verdicts]
     diverged = [r for r in runs or [] if not r.get("finite", True)]
     if diverged:
         lines += ["", "Runs that diverged (their errors are in the tables above, but no arm is compared with them):",
                   ""]
         lines += [f"- {ARM_LABELS.get(r['arm'], r['arm'])}, seed {r['seed']}: {divergence(r)}" for r in diverged]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def divergence(run):
@@ -512,8 +540,17 @@ def _std(value):
     return f"{value:.2f}%" if np.isfinite(value) else "—"
 
 
+def paired_accuracies(arm, runs):
+    """Test accuracies of `arm` and of SGD on the seeds both ran, in seed order: the paired design's two columns."""
+    by_seed = {k: {r["seed"]: 100.0 - r["test_error"] for r in runs or [] if r and r["arm"] == k} for k in (arm, "sgd")}
+    seeds = sorted(set(by_seed[arm]) & set(by_seed["sgd"]))
+    return [by_seed[arm][s] for s in seeds], [by_seed["sgd"][s] for s in seeds]
+
+
 def verdict(arm, summary, runs=None):
-    """One sentence: which of `arm` and SGD did better, by how much, and whether Welch's t-test separates them."""
+    """One sentence: `arm` − SGD in test accuracy, paired over the seeds (each seed gives both arms the same initial
+    weights and batches), with its 95% confidence interval, the paired t and Wilcoxon tests, and what the design
+    resolves (the difference its seeds detect with power 0.8 at the spread seen)."""
     a, s = summary[arm], summary["sgd"]
     diverged = [r for r in runs or [] if r and r["arm"] in (arm, "sgd") and not r.get("finite", True)]
     if diverged:
@@ -522,18 +559,23 @@ def verdict(arm, summary, runs=None):
     gap = a["acc_mean"] - s["acc_mean"]
     better = f"{ARM_LABELS[arm]} {'above' if gap > 0 else 'below' if gap < 0 else 'level with'} SGD"
     text = f"{better}: {a['acc_mean']:.2f}% vs {s['acc_mean']:.2f}% ({gap:+.2f} points)"
-    accs = {k: [100.0 - r["test_error"] for r in runs or [] if r and r["arm"] == k] for k in (arm, "sgd")}
-    if min(len(v) for v in accs.values()) < 2:
-        return text + f"; {min(a['seeds'], s['seeds'])} seed(s): no test possible."
+    ours, sgd = paired_accuracies(arm, runs)
+    if len(ours) < 2:
+        return text + f"; {len(ours)} paired seed(s): no test possible."
     try:
-        from scipy import stats
+        from keras_hta.experiments import stats
     except ImportError:
         return text + " (no test: SciPy is not installed)."
-    p = float(stats.ttest_ind(accs[arm], accs["sgd"], equal_var=False).pvalue)
-    if not np.isfinite(p):
-        return text + "; identical results on every seed: no test possible."
-    significant = "significant" if p < 0.05 else "not significant"
-    return text + f"; Welch's t-test p = {p:.2g} over {len(accs[arm])} and {len(accs['sgd'])} seeds: {significant} at 0.05."
+    row = stats.paired(ours, sgd)
+    if row["sd_diff"] == 0:
+        return text + f"; the same difference on all {row['n']} seeds: no interval to give."
+    resolved = ("the interval excludes 0" if row["ci_low"] > 0 or row["ci_high"] < 0
+                else "the interval includes 0: no difference resolved")
+    return (text + f"; paired over {row['n']} seeds, {ARM_LABELS[arm]} − SGD = {row['mean_diff']:+.2f} points, 95% CI "
+            f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] (paired t p = {stats.format_p(row['p_ttest'])}, "
+            f"Wilcoxon p = {stats.format_p(row['p_wilcoxon'])}): {resolved}; at this spread (sd of the differences "
+            f"{row['sd_diff']:.2f}) {row['n']} seeds detect a true difference of "
+            f"{stats.paired_mde(row['sd_diff'], row['n']):.2f} points with power 0.8.")
 
 
 def write_json_atomic(path, obj):
@@ -676,8 +718,7 @@ def run_compare(args, command=None):
                 d = load_data(config, args.tfds_dir, args.cache_dir)
             print(f"\n== {arm.upper()} | {config['model']} | seed {seed} ==", flush=True)
             run = train_one(config, arm, seed, d, verbose, args.multi_worker)
-            run["provenance"] = provenance.record(command)  # versions, Python, CPUs, load: per run
-            run["provenance"]["threads"] = thread_settings()
+            run["provenance"] = provenance.record(command)  # commit, versions, CPU, threads, load: per run
             os.makedirs(args.out, exist_ok=True)  # only once a run has finished: a failed start leaves nothing
             runs[:] = save_runs(path, runs + [run], {"command": command})  # saved run by run
     # The file keeps every finished run; the summary covers this call's configuration, seeds and arms.

@@ -6,7 +6,8 @@ import numpy as np
 from keras_hta.experiments import write_atomic
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures written to files, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +31,7 @@ def plot_nonconvex(path, starts=((5.0, 4.0), (0.0, 5.0), (4.0, 0.0)), schedule=N
     """
     from keras_hta.experiments import nonconvex
 
-    plt = _pyplot()
+    plt = pyplot()
     grid = np.linspace(-extent, extent, 401)
     xx, yy = np.meshgrid(grid, grid)
     zz = nonconvex.function(np.stack([xx, yy], -1))
@@ -72,7 +73,7 @@ def plot_error_curves(path, curves, l_values=None, title="Validation error"):
     Returns:
         `path`.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, runs in curves.items():
         runs = np.asarray(runs, float)

@@ -1,9 +1,18 @@
-"""What produced a results file: the command, package versions, Python and the CPUs."""
+"""What produced a results file: the command, the code's commit, package versions, Python, the backend, the CPU
+(its model and vector instruction sets, which change a run's numbers: kernels differ by instruction set) and the
+thread settings, and the load."""
 
 import os
 import platform
+import subprocess
 import sys
 
+# TensorFlow's thread and kernel settings, which `keras-hta compare --threads` fixes (recorded as they were).
+THREAD_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+# The vector instruction sets recorded when the CPU offers them (x86-64, then Arm), as /proc/cpuinfo names them.
+VECTOR_SETS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+               "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy", "scipy", "mnist1d",
             "keras-tuner", "keras-hub")
 
@@ -30,18 +39,71 @@ def cpu_threads():
     return {"usable": usable, "machine": os.cpu_count()}
 
 
+def cpu():
+    """`{"model": ..., "vector": [...]}`: the CPU's model name and the vector instruction sets of `VECTOR_SETS` it offers.
+
+    Read from /proc/cpuinfo on Linux; elsewhere the platform's processor name and no sets.
+    """
+    model, flags = None, []
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in ("model name", "Model") and value and model is None:
+            model = value
+        elif key in ("flags", "Features") and not flags:
+            flags = value.split()
+    return {"model": model or platform.processor() or platform.machine(),
+            "vector": [name for name in VECTOR_SETS if name in flags]}
+
+
+def commit():
+    """`{"commit": sha, "dirty": bool}` of the code that ran, or None outside a git checkout.
+
+    `dirty`: the checkout's code differs from the commit; files under
+    benchmarks/results/, which the runs themselves write, do not count.
+    """
+    def git(*args):
+        return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def thread_settings():
+    """The thread and determinism settings a run had: the variables of `THREAD_ENV`, and TensorFlow's pools if started."""
+    settings = {name: os.environ.get(name) for name in THREAD_ENV}
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        settings["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+        settings["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    return settings
+
+
 def record(command=None):
-    """The provenance block a results file carries: command, versions, Python, backend, threads, load."""
+    """The provenance block a results file carries: command, commit, versions, Python, backend, CPU, threads, load."""
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         load = None
     return {
         "command": command or " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "code": commit(),
         "versions": package_versions(),
         "python": platform.python_version(),
         "backend": os.environ.get("KERAS_BACKEND") or _configured_backend(),
+        "cpu": cpu(),
         "cpus": cpu_threads(),
+        "threads": thread_settings(),
         "load_average": load,
     }
 

@@ -1,36 +1,36 @@
-"""The lines of `HomotopyModel` that differ per Keras backend, in one place.
+"""Every line of keras-hta that differs per Keras backend, and nothing else.
 
-Everything else in keras-hta is written once in `keras.ops`. Each backend's
-own `train_step` (Keras' trainer) runs the forward pass, differentiates the
-loss (`HomotopyModel.compute_loss`, which adds the twins' f), applies the
-optimizer, scales losses under mixed precision and distribution, and
-updates the metrics. What differs per backend, and lives here:
+Everything else is written once in `keras.ops`. The modules above call these
+functions with values and callables; nothing here calls back into them by
+name. What differs, and lives here:
 
-- the step's signature and state: TensorFlow and PyTorch step on the
-  variables (`train_step(data) -> logs`); JAX steps on explicit state
-  (`train_step(state, data) -> (logs, state)`), so the proximal update
-  (`keras_hta.twin_step`) runs inside a `keras.StatelessScope` mapped to the
-  state Keras' step returned, and its results go back into that state; the
-  same split for `test_step`, which drops HTA's training logs;
-- how many processes train together (`process_count`);
-- the replica count Keras divides each replica's loss by (TensorFlow's
-  `tf.distribute`; 1 elsewhere: JAX's `keras.distribution` computes the
-  global loss);
+- the training step's signature and state (`step_arguments`,
+  `keras_step_arguments`, `at_state`, `update_state`, `map_logs`): TensorFlow
+  and PyTorch step on the variables (`train_step(data) -> logs`); JAX steps on
+  explicit state (`train_step(state, data) -> (logs, state)`), so what HTA
+  reads before Keras' step and the proximal update after it run inside a
+  `keras.StatelessScope` mapped to that state, and the update's results go
+  back into the state Keras returns;
+- how many processes train together (`process_count`), the replica count
+  Keras divides each replica's loss by (`replicas`: TensorFlow's
+  `tf.distribute`; 1 elsewhere, JAX's `keras.distribution` computing the
+  global loss), and TensorFlow's multi-worker strategy
+  (`multi_worker_strategy`);
 - where variables are created (under TensorFlow, in the strategy that was
   current when the model was built) and how the proximal step's values are
   assigned: under a `tf.distribute` strategy once per device in the
-  cross-replica context, on PyTorch outside autograd;
-- what `jit_compile` and each export format need on each backend;
-- how the proximal update's elementwise arithmetic runs over all weights
-  (`each`): one `torch._foreach_*` call per operation on PyTorch, as Keras'
-  own PyTorch optimizers step, instead of one eager operation per weight;
-  a loop of `keras.ops` elsewhere (traced and fused on TensorFlow and JAX).
+  cross-replica context, on PyTorch outside autograd in one foreach copy;
+- how elementwise arithmetic runs over many weights (`elementwise`): one
+  `torch._foreach_*` call per operation on PyTorch, as Keras' own PyTorch
+  optimizers step, instead of one eager operation per weight; a loop of
+  `keras.ops` elsewhere (traced and fused on TensorFlow and JAX);
+- what `jit_compile` means on each backend.
 
-TensorFlow and PyTorch are imported only on their own backend.
+TensorFlow and PyTorch are imported only on their own backend (TensorFlow
+also for `multi_worker_strategy`, on first use).
 """
 
 import contextlib
-import importlib.util
 
 import keras
 from keras import ops
@@ -120,7 +120,7 @@ def assign_all(updates):
         context.merge_call(assign, args=(updates,))
 
 
-class _EachOps:
+class _KerasElementwise:
     """Elementwise arithmetic over aligned lists of tensors, written once in `keras.ops`.
 
     `b` is a list aligned with `a` (each of its tensors broadcastable against
@@ -146,8 +146,8 @@ class _EachOps:
         return sums[0] if len(sums) == 1 else ops.sum(ops.stack(sums))
 
 
-class _TorchEachOps:
-    """`_EachOps` in one `torch._foreach_*` call per operation (the values are torch tensors)."""
+class _TorchElementwise:
+    """`_KerasElementwise` in one `torch._foreach_*` call per operation (the values are torch tensors)."""
 
     @staticmethod
     def add(a, b):
@@ -175,7 +175,7 @@ class _TorchEachOps:
         return torch.dot(flat, flat)
 
 
-each = _TorchEachOps if BACKEND == "torch" else _EachOps
+elementwise = _TorchElementwise if BACKEND == "torch" else _KerasElementwise
 
 
 def check_jit_compile(jit_compile):
@@ -195,46 +195,6 @@ def portable_jit_compile(config):
     return config
 
 
-# What each export format of Keras' `model.export` needs beside Keras, per backend: (module, pip package).
-# A backend missing from a format's entry is one Keras does not export that format from.
-EXPORT_NEEDS = {
-    "tf_saved_model": {"tensorflow": (), "jax": (("tensorflow", "tensorflow-cpu"),)},
-    "onnx": {"tensorflow": (("tf2onnx", "tf2onnx"), ("onnx", "onnx")), "jax": (("jax2onnx", "jax2onnx"),),
-             "torch": (("onnx", "onnx"), ("onnxscript", "onnxscript"))},
-    "openvino": {b: (("openvino", "openvino"),) for b in ("tensorflow", "jax", "torch")},
-    "litert": {"tensorflow": (), "torch": (("litert_torch", "litert-torch"),)},
-    "torch": {"torch": ()},
-}
-
-
-def default_export_format():
-    """The format `keras_hta.export_model` writes by default: a PyTorch ExportedProgram on PyTorch, else a TF SavedModel."""
-    return "torch" if BACKEND == "torch" else "tf_saved_model"
-
-
-def export_problem(caller, format):
-    """The error to raise when `caller` cannot export `format` on this backend, in one line, or `None`.
-
-    Names the packages to install for this backend when only they are missing.
-    """
-    if format not in EXPORT_NEEDS:
-        return ValueError(f"{caller}: argument `format` must be one of {tuple(EXPORT_NEEDS)}. "
-                          f"Received: format={format!r}")
-    needs = EXPORT_NEEDS[format].get(BACKEND)
-    if needs is None:
-        offered = [f for f, per_backend in EXPORT_NEEDS.items() if BACKEND in per_backend]
-        where = ", ".join(sorted(EXPORT_NEEDS[format]))
-        return ValueError(
-            f"{caller}: Keras exports format={format!r} on the {where} backend(s), not on {BACKEND}. Received: "
-            f"format={format!r} with KERAS_BACKEND={BACKEND}. On {BACKEND}: one of {offered}; or save the model "
-            "(model.save('m.keras'), which loads on every backend) and export it on another backend.")
-    missing = [package for module, package in needs if importlib.util.find_spec(module) is None]
-    if missing:
-        return ImportError(f"{caller}: format={format!r} on the {BACKEND} backend needs "
-                           f"{', '.join(missing)}: pip install {' '.join(missing)}")
-    return None
-
-
 def _state_mapping(model, state):
     trainable, non_trainable, optimizer_variables, _ = state
     mapping = list(zip(model.trainable_variables, trainable))
@@ -244,40 +204,73 @@ def _state_mapping(model, state):
     return mapping
 
 
-if BACKEND == "jax":
+def step_arguments(args):
+    """`(state, data)` of the arguments Keras' `train_step` or `test_step` was called with (state: None but on JAX)."""
+    return (args[0], args[1]) if BACKEND == "jax" else (None, args[0])
 
-    class HomotopyStep:
-        """`train_step(state, data)`: Keras' JAX step, then the proximal update on its state."""
 
-        def train_step(self, state, data):
-            with keras.StatelessScope(state_mapping=_state_mapping(self, state)):
-                before = self._before_step()  # γ and the iteration count before the step
-            with self._twin_batches(data) as theta_data:
-                logs, state = super().train_step(state, theta_data)
-            if before is None:
-                return logs, state
-            trainable, non_trainable, optimizer_variables, metrics_variables = state
-            with keras.StatelessScope(state_mapping=_state_mapping(self, state)) as scope:
-                self._proximal_step(*before)
-                trainable = [scope.get_current_value(v) for v in self.trainable_variables]
-            return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+def keras_step_arguments(state, data):
+    """The arguments of Keras' own `train_step` on this backend: `(data)`, or `(state, data)` on JAX."""
+    return (state, data) if BACKEND == "jax" else (data,)
 
-        def test_step(self, state, data):
-            logs, state = super().test_step(state, data)
-            return self._without_training_logs(logs), state
 
-else:
+def at_state(model, state, read):
+    """`read()`, reading the model's variables as the step's `state` holds them (JAX) or as they are."""
+    if state is None:
+        return read()
+    with keras.StatelessScope(state_mapping=_state_mapping(model, state)):
+        return read()
 
-    class HomotopyStep:
-        """`train_step(data)`: Keras' TensorFlow or PyTorch step, then the proximal update."""
 
-        def train_step(self, data):
-            before = self._before_step()  # γ and the iteration count before the step
-            with self._twin_batches(data) as theta_data:
-                logs = super().train_step(theta_data)
-            if before is not None:
-                self._proximal_step(*before)
-            return logs
+def update_state(model, result, update):
+    """Runs `update()`, which assigns the model's trainable variables after Keras' step; returns the step's result.
 
-        def test_step(self, data):
-            return self._without_training_logs(super().test_step(data))
+    On JAX, `result` is `(logs, state)`: `update` runs on that state, and its
+    values replace the trainable ones in the state returned.
+    """
+    if BACKEND != "jax":
+        update()
+        return result
+    logs, state = result
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    with keras.StatelessScope(state_mapping=_state_mapping(model, state)) as scope:
+        update()
+        trainable = [scope.get_current_value(v) for v in model.trainable_variables]
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def map_logs(result, function):
+    """The step's result with `function` applied to its logs (`logs`, or `(logs, state)` on JAX)."""
+    if BACKEND == "jax":
+        logs, state = result
+        return function(logs), state
+    return function(result)
+
+
+def multi_worker_strategy(**kwargs):
+    """`tf.distribute.MultiWorkerMirroredStrategy(**kwargs)` with the workaround for a Keras bug that breaks it.
+
+    The cluster comes from the `TF_CONFIG` environment variable, as usual.
+    Create it at program start, before other TensorFlow work, on every worker.
+    The workaround (keras-team/keras#20585, two functions of Keras'
+    TensorFlow trainer) is `keras_hta.compat.patch_keras`'s; it is installed
+    only over the Keras source it was checked against. TensorFlow only.
+
+    Example:
+
+    ```python
+    # on each worker, with TF_CONFIG set:
+    strategy = keras_hta.multi_worker_strategy()
+    with strategy.scope():
+        model = keras_hta.HomotopyModel.from_model(build_network())
+        model.compile(...)
+    model.fit(dataset, epochs=10, callbacks=[keras_hta.HomotopyScheduler(schedule)])
+    ```
+    """
+    import tensorflow as tf
+
+    from keras_hta.compat import patch_keras
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(**kwargs)
+    patch_keras()
+    return strategy
