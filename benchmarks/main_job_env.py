@@ -1,16 +1,19 @@
-"""Does the main job's result depend on the machine? `keras-hta compare` (the default run) in three environments.
+"""Does the main job's result depend on the machine? `keras-hta compare` (the default run) in four environments.
 
 Runs the default `keras-hta compare` with `--threads 1` (its default: fixed
 thread pools, deterministic kernels, oneDNN's reordering off) and with
 `--threads 0` (TensorFlow's own defaults), each on every CPU of an idle
-machine, pinned to one CPU (`taskset -c 0`) and with every CPU kept busy by
-other processes (one busy loop per CPU), one folder per case under
-`benchmarks/results/main-job-env/`. Then renders, from those results.json
-files, the test errors of each case and whether every run (validation curve,
-test error, training loss) is identical to the idle run with the same
-`--threads`.
+machine, pinned to one CPU (`taskset -c 0`), with every CPU kept busy by
+other processes (one busy loop per CPU), and with XLA's code for this CPU
+capped at the AVX2 instruction set (`XLA_FLAGS=--xla_cpu_max_isa=AVX2`: Keras
+compiles the training step with XLA on TensorFlow, and XLA generates its
+kernels for the CPU it runs on, so on a machine with AVX-512 this stands in
+for one without), one folder per case under `benchmarks/results/main-job-env/`.
+Then renders, from those results.json files, the test errors of each case and
+whether every run (validation curve, test error, training loss) is identical
+to the idle run with the same `--threads`.
 
-Usage: python benchmarks/main_job_env.py [--out benchmarks/results/main-job-env] [--render-only]
+Usage: python benchmarks/main_job_env.py [--out benchmarks/results/main-job-env] [--environments ...] [--render-only]
 Writes main-job-env/<threads>-<environment>/results.json (and results.md) and main-job-env/table.md.
 """
 
@@ -24,7 +27,7 @@ import common  # noqa: E402  (beside this file)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = (1, 0)
-ENVIRONMENTS = ("idle", "one-cpu", "loaded")
+ENVIRONMENTS = ("idle", "one-cpu", "loaded", "avx2")
 
 
 def _busy():
@@ -39,8 +42,11 @@ def run_case(out, threads, environment):
     if environment == "one-cpu":
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0)))] + command
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                 "XLA_FLAGS"):
         env.pop(name, None)  # what --threads sets, and nothing from the caller's environment
+    if environment == "avx2":
+        env["XLA_FLAGS"] = "--xla_cpu_max_isa=AVX2"
     load = [_busy() for _ in range(os.cpu_count() or 1)] if environment == "loaded" else []
     try:
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -79,13 +85,15 @@ def render(out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(HERE, "results", "main-job-env"))
+    parser.add_argument("--environments", nargs="+", choices=ENVIRONMENTS, default=list(ENVIRONMENTS),
+                        help="the environments to run (the others' results are rendered as found)")
     parser.add_argument("--render-only", action="store_true", help="only render the table from existing results")
     args = parser.parse_args()
     if not args.render_only:
         if not hasattr(os, "sched_getaffinity"):
             raise SystemExit("main_job_env.py: needs Linux's sched_getaffinity and taskset to pin to one CPU")
         for threads in THREADS:
-            for environment in ENVIRONMENTS:
+            for environment in args.environments:
                 print(f"--threads {threads}, {environment} ...", flush=True)
                 run_case(args.out, threads, environment)
     table = render(args.out)

@@ -1,40 +1,43 @@
-"""The study: where does HTA help? Equal-budget tuning, then paired seeded final runs.
+"""The study: where does HTA help? Each arm tuned alike, then paired seeded final runs.
 
 Protocol, per data set:
   1. Tune every arm with the same keras-tuner budget (RandomSearch, `--trials`
-     trials of `--epochs` epochs on seed 0, every trial drawn at random, the
-     first included; objective: the validation accuracy of the model as it
-     would be deployed: θ, the EMA weights, or the merged average). SGD
-     (momentum 0.9, cosine learning-rate decay) tunes the learning rate and
-     weight decay, and so does SGD + EMA; every HTA arm takes the tuned SGD's
-     optimizer and tunes what its hypothesis leaves free (the L schedule, the
-     anchor, the split). Each arm's trials are kept in order, so the report
-     says which trial won.
-  2. Final runs of each arm's best configuration with seeds 1..`--seeds`
-     (never the tuning seed); a seed gives every arm the same initial weights
-     and batches, so arms are compared seed by seed: the mean per-seed
-     difference in test accuracy (read once per run) with its 95% t interval,
-     the paired t-test and the Wilcoxon signed-rank test, and the minimum
-     detectable difference (paired t-test, alpha 0.05, power 0.8, at the
-     observed sd of the differences). Holm's correction across every data set's
-     HTA-vs-SGD tests is applied by `benchmarks/study_report.py`.
+     trials of `--epochs` epochs, every trial drawn at random, the first
+     included). Every arm, the baselines, the HTA arms and the controls, tunes
+     its own learning rate and weight decay jointly (SGD with momentum 0.9 and
+     cosine learning-rate decay), and an HTA arm also what its hypothesis
+     leaves free (the L schedule, the anchor, the split). A trial's score is
+     the validation accuracy of the model as it would be deployed (θ, the EMA
+     weights, or the merged average), averaged over the tuning seeds
+     `TUNING_SEEDS`, which no final run uses. Each arm's trials are kept in
+     order, so the report says which trial won.
+  2. Final runs of each arm's best configuration with seeds 1..`--seeds`; a
+     seed gives every arm the same initial weights and batches, so arms are
+     compared seed by seed: the mean per-seed difference in test accuracy (read
+     once per run) with its 95% t interval, the paired t-test and the Wilcoxon
+     signed-rank test, and the minimum detectable difference (paired t-test,
+     alpha 0.05, power 0.8, at the observed sd of the differences). Holm's
+     correction across every data set's HTA-vs-SGD and HTA-vs-control tests is
+     applied by `benchmarks/study_report.py`.
 
-Controls (final runs only, with the tuned SGD's settings): sgd_2x (twice the
-epochs: an HTA step costs up to two SGD steps) and sgd_decay (SGD plus the
-weight decay HTA's zero anchors add: with twins that start equal and see the
-same batches, the exact penalty step shrinks every weight by a factor
-1/(1 + γ·L) per step, γ the learning rate; sgd_decay adds a decoupled decay
-of γ·L per step, L following the paper's schedule of h1_paper_zeros).
+Controls, each tuned like any arm: sgd_decay (SGD plus the weight decay HTA's
+zero anchors add: with twins that start equal and see the same batches, the
+exact penalty step shrinks every weight by a factor 1/(1 + γ·L) per step, γ
+the learning rate; sgd_decay adds a decoupled decay of γ·L·w per step) and
+sgd_pull (the same for "init" anchors: a decoupled pull γ·L·(w − w₀) toward
+the initial weights), both with L on the paper's schedule of h1_paper_zeros /
+h1_paper_init, which they mirror. sgd_2x (twice the epochs: an HTA step costs
+up to two SGD steps) and sgd_constant (the paper's constant rate) take the
+tuned SGD's settings.
 
 Arms (the hypotheses tested): sgd, sgd_ema; h1_paper_zeros / h1_paper_init
 (the paper's L 0.01 -> 0.005 by 0.001), h2_homotopy_init / h2_homotopy_zeros (a
 true homotopy: geometric L from [1, 10] down to [1e-4, 1e-3]), h3_elastic_split
 (`twin_batch="split"`, then `merge(how="average", recompute_bn=...)`),
-hta_tuned (two twins; L schedule, anchor and split all tuned); from the first
-study, still runnable with `--arms`: h4_m3 / h4_m4 (3 and 4 twins), h5_layers /
-h5_random (other splits), h6_long_final (the last L for three quarters of the
-run), h7_ema (HTA with the optimizer's EMA), sgd_constant (the paper's constant
-rate).
+hta_tuned (two twins; L schedule, anchor and split all tuned); also runnable
+with `--arms`: h4_m3 / h4_m4 (3 and 4 twins), h5_layers / h5_random (other
+splits), h6_long_final (the last L for three quarters of the run), h7_ema (HTA
+with the optimizer's EMA).
 
 Usage (resumable run by run; results under benchmarks/results/study-<data>/;
 a study keeps the backend it started on):
@@ -76,11 +79,16 @@ ARMS = {
     "h5_random": {"schedule": "free", "split": "random"},
     "h6_long_final": {"schedule": "long_final"},
     "h7_ema": {"schedule": "free", "ema": True},
+    # The controls: SGD with what an HTA arm adds besides the homotopy, on the same L schedule (the paper's).
+    "sgd_decay": {"kind": "sgd", "control": "decay"},  # zero anchors: a decoupled decay γ·L·w
+    "sgd_pull": {"kind": "sgd", "control": "pull"},  # "init" anchors: a decoupled pull γ·L·(w − w₀)
 }
-EXTRA_ROWS = ("sgd_2x", "sgd_decay", "sgd_constant")  # final runs only, with the tuned SGD's settings
-DEFAULT_ARMS = ["sgd", "sgd_ema", "h1_paper_zeros", "h1_paper_init", "h2_homotopy_init", "h3_elastic_split",
-                "hta_tuned", "sgd_2x", "sgd_decay"]
-CONTROLS = {"sgd_decay": "h1_paper_zeros"}  # control arm: the HTA arm whose hidden decay it applies
+EXTRA_ROWS = ("sgd_2x", "sgd_constant")  # final runs only, with the tuned SGD's settings
+DEFAULT_ARMS = ["sgd", "sgd_ema", "h1_paper_zeros", "h1_paper_init", "sgd_decay", "sgd_pull", "h2_homotopy_init",
+                "h3_elastic_split", "hta_tuned"]
+CONTROLS = {"sgd_decay": "h1_paper_zeros", "sgd_pull": "h1_paper_init"}  # control: the HTA arm it mirrors
+TUNING_SEEDS = (1001, 1002, 1003)  # every trial is scored on these; the final runs' seeds are 1..N
+PROTOCOL = 2  # 1: HTA arms took SGD's tuned optimizer, trials on seed 0; 2: as the module's docstring says
 
 
 def paper_schedule(epochs):
@@ -120,10 +128,10 @@ def configuration(arm, hp, epochs, sgd_settings=None):
     whole search space, so that RandomSearch draws even its first trial.
     """
     spec = ARMS.get(arm, ARMS["sgd"])
-    if spec.get("kind") == "sgd" and arm in ARMS:  # the baselines tune their own optimizer
+    if arm in ARMS:  # every arm tunes its own optimizer: learning rate and weight decay, jointly
         config = {"lr": hp.Float("lr", 0.005, 0.3, sampling="log"),
                   "weight_decay": hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")}
-    else:
+    else:  # sgd_2x, sgd_constant: the tuned SGD's
         config = {"lr": sgd_settings["lr"], "weight_decay": sgd_settings["weight_decay"]}
     if spec.get("kind") != "sgd":
         config["anchor"] = spec.get("anchor") or hp.Choice("anchor", ["zeros", "init"])
@@ -134,19 +142,19 @@ def configuration(arm, hp, epochs, sgd_settings=None):
 
 
 def tunable(arm):
-    """Whether the arm has a search space (the paper's schedule and the controls have none)."""
-    import keras_tuner
-
-    hp = keras_tuner.HyperParameters()
-    configuration(arm, hp, 24, {"lr": 0.1, "weight_decay": 0.0})
-    return bool(hp.space)
+    """Whether the arm is tuned: every arm of `ARMS` is (sgd_2x and sgd_constant take the tuned SGD's settings)."""
+    return arm in ARMS
 
 
-def decayed_sgd(*args, **kwargs):
-    """`keras.optimizers.SGD` plus a decoupled decay of `lr * extra_decay * w` per step (sgd_decay's control).
+def decayed_sgd(*args, toward_initial=False, **kwargs):
+    """`keras.optimizers.SGD` plus a decoupled pull of `lr * extra_decay * (w − w₀)` per step: the controls.
 
-    `extra_decay` is an optimizer variable, so a callback can assign it
-    between epochs on every backend.
+    With `toward_initial=False`, w₀ = 0: a decay (sgd_decay, the control of
+    HTA's zero anchors); with `toward_initial=True`, w₀ is each weight's value
+    when the optimizer is built (sgd_pull, the control of "init" anchors),
+    kept as an optimizer slot made like Keras' own. `extra_decay` is an
+    optimizer variable, so a callback can assign it between epochs on every
+    backend.
     """
     import keras
     from keras import ops
@@ -155,10 +163,18 @@ def decayed_sgd(*args, **kwargs):
         def build(self, variables):
             super().build(variables)
             self.extra_decay = self.add_variable((), initializer="zeros", name="extra_decay")
+            self.initial = []  # each variable's value when built, in the order Keras indexes them
+            if toward_initial:
+                for v in variables:
+                    self.initial.append(self.add_variable_from_reference(v, "initial"))
+                    self.initial[-1].assign(ops.copy(v))  # a buffer of its own: JAX donates the step's
 
         def update_step(self, gradient, variable, learning_rate):
+            from keras_hta import compat
+
             rate = ops.cast(learning_rate, variable.dtype) * ops.cast(self.extra_decay, variable.dtype)
-            self.assign_sub(variable, variable * rate)
+            target = self.initial[compat.variable_index(self, variable)] if self.initial else None
+            self.assign_sub(variable, (variable if target is None else variable - target) * rate)
             super().update_step(gradient, variable, learning_rate)
 
     return DecayedSGD(*args, **kwargs)
@@ -201,8 +217,8 @@ def train(arm, hp, d, config, seed, epochs, sgd_settings, final=False, verbose=0
         callbacks.append(hta.HomotopyScheduler(settings["schedule"]))
     rate = settings["lr"] if arm == "sgd_constant" else keras.optimizers.schedules.CosineDecay(settings["lr"], steps)
     optimizer_args = dict(momentum=0.9, weight_decay=settings["weight_decay"], use_ema=bool(spec.get("ema")))
-    if arm == "sgd_decay":
-        optimizer = decayed_sgd(rate, **optimizer_args)
+    if spec.get("control"):
+        optimizer = decayed_sgd(rate, toward_initial=spec["control"] == "pull", **optimizer_args)
         callbacks.append(decay_callback(paper_schedule(epochs)))
     else:
         optimizer = keras.optimizers.SGD(rate, **optimizer_args)
@@ -229,8 +245,9 @@ def tune(arm, d, config, args, sgd_settings, out):
 
     class ArmSearch(keras_tuner.RandomSearch):  # keras-tuner's way to tune anything: override run_trial
         def run_trial(self, trial, *fit_args, **fit_kwargs):
-            record = train(arm, trial.hyperparameters, d, config, 0, args.epochs, sgd_settings)
-            return {"val_accuracy": record["val_accuracy"]}
+            records = [train(arm, trial.hyperparameters, d, config, seed, args.epochs, sgd_settings)
+                       for seed in TUNING_SEEDS]  # the mean over seeds: less of one seed's luck in the choice
+            return {"val_accuracy": float(np.mean([r["val_accuracy"] for r in records]))}
 
     space = keras_tuner.HyperParameters()  # declared up front: the first trial is drawn too, not the defaults
     configuration(arm, space, args.epochs, sgd_settings)
@@ -330,9 +347,10 @@ def markdown(name, args, state, rows, tests):
     best_first = [a for a in rows if rows[a].get("trials", 0) > 1 and rows[a]["best_trial"] == 1]
     tuned_arms = [a for a in rows if rows[a].get("trials", 0) > 1]
     lines = [f"Command: `KERAS_BACKEND={state['backend']} python benchmarks/study.py {' '.join(sys.argv[1:])}`", "",
-             f"{name}: {args.trials} trials x {args.epochs} epochs per tuned arm (RandomSearch, seed 0, every trial "
-             f"drawn at random; objective: validation accuracy); final runs: seeds 1..{args.seeds}, test accuracy "
-             f"read once per run. Std: sample std over seeds (ddof=1).", "",
+             f"{name}: {args.trials} trials x {args.epochs} epochs per tuned arm (RandomSearch, every trial drawn at "
+             f"random; each arm its own learning rate and weight decay, and its own knobs; objective: validation "
+             f"accuracy, the mean over tuning seeds {', '.join(map(str, TUNING_SEEDS))}); final runs: seeds "
+             f"1..{args.seeds}, test accuracy read once per run. Std: sample std over seeds (ddof=1).", "",
              f"Tuning: the best trial was the first in {len(best_first)} of {len(tuned_arms)} tuned arms"
              + (f" ({', '.join(best_first)})." if best_first else "."), "",
              "| arm | tuned configuration | best trial | seeds | test accuracy mean ± std | ROI vs SGD | s/run |",
@@ -386,7 +404,10 @@ def main():
     except ValueError as error:
         parser.error(str(error))
     path = os.path.join(out, "study.json")
-    state = json.load(open(path)) if os.path.exists(path) else {"tuned": {}, "finals": {}}
+    state = json.load(open(path)) if os.path.exists(path) else {"tuned": {}, "finals": {}, "protocol": PROTOCOL}
+    if state.get("protocol") != PROTOCOL:
+        parser.error(f"the study in {out} was run by an earlier protocol (every HTA arm took SGD's tuned optimizer, "
+                     f"tuning on one seed): start this one in another --out. Received: --out {out}")
     backend = keras.backend.backend()
     if state.setdefault("backend", backend if not state["finals"] else "tensorflow") != backend:
         parser.error(f"the study in {out} ran on {state['backend']}; continue it with KERAS_BACKEND="

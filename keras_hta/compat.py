@@ -65,7 +65,13 @@
    saves θ's LoRA weights and, after loading, takes their update back out of
    the base kernel (`Layer._kernel`).
 
-8. `channels_last_conversion_off()`: Keras' PyTorch backend converts a
+8. `variable_index(optimizer, variable)`: the index of `variable` among an
+   optimizer's variables as its `update_step` receives it (on TensorFlow the
+   `tf.Variable` under the Keras one), by which Keras' own optimizers find a
+   slot (`BaseOptimizer._get_variable_index`); benchmarks/study.py's control
+   optimizers keep a slot per weight. The library never uses it.
+
+9. `channels_last_conversion_off()`: Keras' PyTorch backend converts a
    convolution's input to channels-last memory
    (`keras.src.backend.torch.nn._maybe_convert_to_channels_last`);
    `benchmarks/torch_profile.py` measures what that costs by replacing it
@@ -336,9 +342,14 @@ def patch_keras():
     return True
 
 
+def variable_index(optimizer, variable):
+    """The index of `variable` (as `update_step` receives it) among the variables `optimizer` was built with (see 8.)."""
+    return _private(optimizer, "_get_variable_index", "BaseOptimizer._get_variable_index")(variable)
+
+
 @contextlib.contextmanager
 def channels_last_conversion_off():
-    """Inside: Keras' PyTorch conversion of a convolution's input to channels-last memory is the identity (see 8.)."""
+    """Inside: Keras' PyTorch conversion of a convolution's input to channels-last memory is the identity (see 9.)."""
     from keras.src.backend.torch import nn as torch_nn
 
     original = _private(torch_nn, "_maybe_convert_to_channels_last", "torch nn._maybe_convert_to_channels_last")

@@ -42,7 +42,10 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     out = run_bounded(command, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     state = json.loads((tmp_path / "study.json").read_text())
-    assert set(state["tuned"]) == {"sgd", "sgd_ema", "h3_elastic_split"}  # the paper's schedule has nothing to tune
+    # Every arm tunes its own learning rate and weight decay (sgd_2x takes SGD's); an HTA arm its own knobs too.
+    assert set(state["tuned"]) == {"sgd", "sgd_ema", "h1_paper_zeros", "h3_elastic_split", "sgd_decay"}
+    assert {"lr", "weight_decay"} <= set(state["tuned"]["h1_paper_zeros"]["values"]) and state["protocol"] == 2
+    assert "l_a" in state["tuned"]["h3_elastic_split"]["values"]
     # Every trial is drawn, the first included: keras-tuner's default point
     # (each range's minimum, the first choice) is not the first trial.
     first = state["tuned"]["sgd"]["trials"][0]["values"]
@@ -66,7 +69,8 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     assert tests[("h3_elastic_split", "sgd")]["sd_diff"] == pytest.approx(np.std(diffs, ddof=1))
     # Resumable: a second call trains nothing new and reports the same table.
     again = run_bounded(command, capture_output=True, text=True, env=env)
-    assert again.returncode == 0 and "  final " not in again.stdout and "tuning " not in again.stdout
+    progress = [line for line in again.stdout.splitlines() if line.startswith(("tuning ", "  final "))]
+    assert again.returncode == 0 and progress == []
     assert json.loads((tmp_path / "study.json").read_text())["summary"] == rows
     # The report adjusts the family's paired t-test p-values together (Holm).
     report = run_bounded([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(tmp_path)],
@@ -85,9 +89,13 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     assert min(t["p_holm"] for t in summary["tests"]) == pytest.approx(min(1.0, 3 * p[0]))
 
 
-@pytest.mark.parametrize("flags, named", [(["--out", "FILE/x"], "--out"), (["--trials", "0"], "--trials")])
+@pytest.mark.parametrize("flags, named", [(["--out", "FILE/x"], "--out"), (["--trials", "0"], "--trials"),
+                                          (["--out", "OLD"], "earlier protocol")])
 def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
     (tmp_path / "FILE").write_text("")
+    (tmp_path / "OLD").mkdir()  # a study of the earlier protocol: its study.json records none
+    (tmp_path / "OLD" / "study.json").write_text(json.dumps({"tuned": {}, "finals": {}}))
+    flags = [f.replace("OLD", str(tmp_path / "OLD")) for f in flags]
     flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     out = run_bounded([sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", *flags],
@@ -102,9 +110,7 @@ def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
 
     import keras_hta as hta
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import study
-
+    study = benchmark_script("study")
     x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
     y = np.zeros((64, 4), "float32")
 
@@ -134,6 +140,47 @@ def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
     assert (1 - ratio) == pytest.approx(1 - shrink, rel=2e-3)
 
 
+def test_sgd_pull_applies_the_pull_toward_the_initial_weights_that_hta_init_anchors_add():
+    """With no loss, HTA's "init" anchors pull each weight's distance from its initial value by 1/(1 + lr·L) per
+    step; sgd_pull by 1 − lr·L, toward the weights it was built with."""
+    import keras
+
+    import keras_hta as hta
+
+    study = benchmark_script("study")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.zeros((64, 4), "float32")
+
+    def zero(y_true, y_pred):
+        return 0.0 * keras.ops.mean(y_pred)
+
+    def network():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(4)])
+
+    lr, delta = 0.1, 0.5
+    schedule = study.paper_schedule(6)
+    model = network()
+    initial = model.weights[0].numpy()
+    model.compile(study.decayed_sgd(lr, momentum=0.9, toward_initial=True), loss=zero)
+    model.optimizer.build(model.trainable_variables)  # w₀: the weights it was built with
+    model.weights[0].assign(initial + delta)  # away from w₀
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[study.decay_callback(schedule)])
+    pull = np.prod([(1 - lr * schedule(e)) ** 8 for e in range(3)])
+    np.testing.assert_allclose(model.weights[0].numpy() - initial, delta * pull, rtol=1e-5)
+    model = hta.HomotopyModel.from_model(network(), anchor="init")  # θ̃: the weights at construction
+    for k in range(2):
+        model.twin(k).set_weights([w + delta for w in model.twin(k).get_weights()])
+    model.compile(keras.optimizers.SGD(lr, momentum=0.9), loss=zero)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[hta.HomotopyScheduler(schedule)])
+    exact = np.prod([(1 / (1 + lr * schedule(e))) ** 8 for e in range(3)])
+    ratio = np.linalg.norm(model.network.weights[0].numpy() - initial) / np.linalg.norm(np.full(initial.shape, delta))
+    # As for the decay: the uncoupled closed form up to the twins' coupling, O(L) relative; the pull, 1 − ratio,
+    # equal to sgd_pull's to first order in lr·L.
+    assert ratio == pytest.approx(exact, rel=1e-5)
+    assert (1 - ratio) == pytest.approx(1 - pull, rel=2e-3)
+
+
 def test_importing_a_benchmark_script_changes_no_environment_variable():
     """Scripts set what they need (their backend, TensorFlow's threads) when they run, in `main()` or in their
     subprocesses' environment: importing one, as these tests do, leaves every later test and subprocess as it was."""
@@ -152,6 +199,10 @@ def test_the_cost_tables_of_readme_and_results_render_from_their_json():
     assert twin_cost.render_memory_summary(saved) in readme
     for table in twin_cost.render(saved).strip().split("\n\n"):
         assert table.strip() in results
+    # The step in one module (train_step.py) against the commit before it: its own run, rendered alike.
+    for folder in ("step-refactor", "step-refactor-torch"):
+        refactor = json.loads((ROOT / "benchmarks" / "results" / folder / "twin_cost.json").read_text())
+        assert twin_cost.render(refactor).strip() in results, folder
     step_time = benchmark_script("step_time")
     rows = json.loads((ROOT / "benchmarks" / "results" / "step_time.json").read_text())["rows"]
     assert step_time.render(rows).strip() in results
@@ -300,6 +351,8 @@ def _rendered_results():
              accuracy.render(accuracy.CIFAR, seconds=True), study_report.markdown(summary),
              benchmark_script("step_time").render(load("step_time.json")["rows"]),
              twin_cost.render(load("twin_cost.json")), twin_cost.render_memory_summary(load("twin_cost.json")),
+             twin_cost.render(load("step-refactor/twin_cost.json")),
+             twin_cost.render(load("step-refactor-torch/twin_cost.json")),
              benchmark_script("wide_cost").render(load("wide_cost.json")),
              benchmark_script("torch_profile").render(load("torch_profile.json")),
              benchmark_script("main_job_env").render(str(folder / "main-job-env")),
