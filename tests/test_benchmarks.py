@@ -104,11 +104,10 @@ def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
     assert out.returncode == 2 and named in last and "Traceback" not in out.stderr
 
 
-def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
-    """HTA with zero anchors and no loss shrinks every weight by 1/(1 + lr·L) per step; sgd_decay by 1 − lr·L."""
+def _without_loss():
+    """The controls' tests: the study module, 64 examples, a loss that is 0 (so only the pull or decay moves the
+    weights), and a fresh two-layer network each call."""
     import keras
-
-    import keras_hta as hta
 
     study = benchmark_script("study")
     x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
@@ -120,6 +119,17 @@ def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
     def network():
         keras.utils.set_random_seed(1)
         return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(4)])
+
+    return study, x, y, zero, network
+
+
+def test_sgd_decay_applies_the_decay_hta_zero_anchors_add():
+    """HTA with zero anchors and no loss shrinks every weight by 1/(1 + lr·L) per step; sgd_decay by 1 − lr·L."""
+    import keras
+
+    import keras_hta as hta
+
+    study, x, y, zero, network = _without_loss()
 
     lr = 0.1
     schedule = study.paper_schedule(6)  # 0.01 for epoch 0, 0.009 for epoch 1, ...
@@ -147,16 +157,7 @@ def test_sgd_pull_applies_the_pull_toward_the_initial_weights_that_hta_init_anch
 
     import keras_hta as hta
 
-    study = benchmark_script("study")
-    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
-    y = np.zeros((64, 4), "float32")
-
-    def zero(y_true, y_pred):
-        return 0.0 * keras.ops.mean(y_pred)
-
-    def network():
-        keras.utils.set_random_seed(1)
-        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(4)])
+    study, x, y, zero, network = _without_loss()
 
     lr, delta = 0.1, 0.5
     schedule = study.paper_schedule(6)
