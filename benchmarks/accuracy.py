@@ -10,8 +10,11 @@ unsquared norms with an explicit gradient step, as their code does) and sgd_ema:
   - MNIST-1D, 1-D CNN and MLP, 24 epochs, 5 seeds, the same optimizer.
 Every run holds out a stratified 10% of the training data for validation
 (the curves) and reads the test set once, at the end.
-Each finished run is saved in benchmarks/results/accuracy-*/results.json and
-skipped when the script runs again, so it can be continued across sessions.
+Each `keras-hta compare` runs as its own process, as the command does, so its
+`--threads 1` (the default) fixes TensorFlow's thread pools and kernels: a run's
+numbers then do not move with the cores or the load. Each finished run is saved
+in benchmarks/results/accuracy-*/results.json and skipped when the script runs
+again, so it can be continued across sessions.
 
 Usage: python benchmarks/accuracy.py [CIFAR_PATH] [--only cifar|mnist1d]
 (about 50 minutes for CIFAR-10 and 5 for MNIST-1D on 2 CPU cores)
@@ -20,9 +23,8 @@ Usage: python benchmarks/accuracy.py [CIFAR_PATH] [--only cifar|mnist1d]
 import argparse
 import json
 import os
+import subprocess
 import sys
-
-from keras_hta.experiments import cli
 
 import common  # noqa: E402  (beside this file)
 
@@ -41,30 +43,32 @@ def _signed(value):
 def render(folders, seconds=False, root=os.path.join(HERE, "results")):
     """RESULTS §5's table of `folders` ((results folder, model name), ...) from their results.json.
 
-    Test accuracy mean ± sample std (ddof=1) over seeds, its max, the rate of improvement of the mean test
-    error over SGD, and Welch's t-test p of the test accuracies against SGD (`keras_hta.experiments.stats`).
+    Test accuracy mean ± sample std (ddof=1) over seeds, its max, the rate of improvement of the mean test error
+    over SGD, and each arm against SGD paired seed by seed (a seed gives every arm the same initial weights and
+    batches): the mean difference with its 95% interval, the paired t-test's and the Wilcoxon signed-rank test's
+    two-sided p (`keras_hta.experiments.stats.paired`).
     """
-    from scipy import stats as scipy_stats
-
-    from keras_hta.experiments import stats
+    from keras_hta.experiments import compare, stats
 
     head = ["model", "arm", "validation acc.", "test accuracy mean ± sample std", "max",
-            "rate of improvement over SGD", "p vs SGD"] + (["seconds per run"] if seconds else [])
+            "rate of improvement over SGD", "− SGD, paired [95% CI]", "paired t p", "Wilcoxon p"] + (
+        ["seconds per run"] if seconds else [])
     rows = []
     for folder, model in folders:
         with open(os.path.join(root, folder, "results.json")) as f:
             saved = json.load(f)
         summary, runs = saved["summary"], saved["runs"]
-        accuracy = {arm: [100.0 - r["test_error"] for r in runs if r["arm"] == arm] for arm in LABELS}
         for arm, label in LABELS.items():
             a = summary[arm]
             if arm == "sgd":
-                roi = p = "—"
+                roi = diff = p_t = p_w = "—"
             else:
+                row = stats.paired(*compare.paired_accuracies(arm, runs))
                 roi = _signed(a["roi_percent"])
-                p = stats.format_p(float(scipy_stats.ttest_ind(accuracy[arm], accuracy["sgd"], equal_var=False).pvalue))
+                diff = f"{row['mean_diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]".replace("-", "\u2212")
+                p_t, p_w = stats.format_p(row["p_ttest"]), stats.format_p(row["p_wilcoxon"])
             cells = [model, label, f"{a['val_acc_mean']:.2f}%", f"{a['acc_mean']:.2f}% ± {a['acc_std']:.2f}%",
-                     f"{a['acc_max']:.2f}%", roi, p] + ([f"{a['seconds_mean']:.0f}"] if seconds else [])
+                     f"{a['acc_max']:.2f}%", roi, diff, p_t, p_w] + ([f"{a['seconds_mean']:.0f}"] if seconds else [])
             rows.append(cells)
     return "\n".join(common.table(head, rows)) + "\n"
 
@@ -84,9 +88,10 @@ def main():
         jobs.append(["compare", "--data-dir", args.cifar, "--model", "vgg11", "--width", "0.125", "--epochs", "15",
                      "--epochs-per-L", "2", "--seeds", "0", "1", "2", "--verbose", "2",
                      "--out", os.path.join(out, "accuracy-cifar10-vgg11-w0.125")] + ARMS)
-    for job in jobs:
+    for job in jobs:  # each its own process, as `keras-hta` runs: --threads 1 (its default) fixes TensorFlow's pools
         print("keras-hta", " ".join(job), flush=True)
-        cli.main(job)
+        subprocess.run([sys.executable, "-m", "keras_hta.experiments.cli", *job], check=True,
+                       env=dict(os.environ, KERAS_BACKEND="tensorflow"))
     return 0
 
 

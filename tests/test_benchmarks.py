@@ -249,13 +249,16 @@ def test_the_main_jobs_tables_in_results_render_from_their_json():
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     saved = json.loads((ROOT / "benchmarks" / "results" / "compare-default" / "results.json").read_text())
     rendered = compare.markdown(saved["config"], saved["summary"], saved["command"], saved["runs"])
-    tables = [block for block in rendered.split("\n\n") if block.startswith("| Model")]
-    assert len(tables) == 2 and all(table.strip() in results for table in tables)
+    tables = [block for block in rendered.split("\n\n") if block.startswith(("| Model", "- HTA"))]
+    assert len(tables) == 3 and all(table.strip() in results for table in tables)  # and the paired sentence
     main_job_env = benchmark_script("main_job_env")
     table = main_job_env.render(str(ROOT / "benchmarks" / "results" / "main-job-env"))
     assert table.count("\n") == 8 and table.strip() in results  # 2 settings x 3 environments
     for run in saved["runs"]:
         assert run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
+        code = run["provenance"]["code"]  # RESULTS names the commit and the CPU the runs record, a clean tree
+        assert f"at commit {code['commit'][:7]}" in " ".join(results.split()) and not code["dirty"]
+        assert run["provenance"]["cpu"]["model"] in results
 
 
 @pytest.mark.extras

@@ -36,7 +36,7 @@ def _provenance_of(checkout):
     return module
 
 
-def test_the_commit_is_head_and_dirty_means_the_code_changed_not_the_results(tmp_path):
+def test_the_commit_is_head_and_dirty_means_the_code_changed_not_the_results_or_the_text(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)], check=True)
     here = ROOT / "keras_hta" / "experiments" / "provenance.py"  # this code, committed in the clone
@@ -48,8 +48,13 @@ def test_the_commit_is_head_and_dirty_means_the_code_changed_not_the_results(tmp
     assert module.commit() == {"commit": head, "dirty": False}
     results = next((clone / "benchmarks" / "results").rglob("results.json"))
     results.write_text(results.read_text() + " ")  # a run rewriting a committed results file: still the commit's code
+    for text in (clone / "README.md", clone / "benchmarks" / "RESULTS.md", clone / "tests" / "test_stats.py"):
+        text.write_text(text.read_text() + "\n")  # documentation and tests change no run's numbers
+    module.commit.cache_clear()
     assert module.commit() == {"commit": head, "dirty": False}
     (clone / "keras_hta" / "penalties.py").write_text("# changed\n")
+    assert module.commit() == {"commit": head, "dirty": False}  # read once per process: the code it started with
+    module.commit.cache_clear()  # a process started now runs the changed code
     assert module.commit() == {"commit": head, "dirty": True}
 
 

@@ -2,6 +2,7 @@
 (its model and vector instruction sets, which change a run's numbers: kernels differ by instruction set) and the
 thread settings, and the load."""
 
+import functools
 import os
 import platform
 import subprocess
@@ -60,11 +61,18 @@ def cpu():
             "vector": [name for name in VECTOR_SETS if name in flags]}
 
 
-def commit():
-    """`{"commit": sha, "dirty": bool}` of the code that ran, or None outside a git checkout.
+# What can change a run's numbers: the library and harness, the benchmark scripts, the examples, the package's
+# settings. Documentation, tests and results files do not.
+CODE = ("keras_hta", "benchmarks/*.py", "examples", "setup.py", "pyproject.toml")
 
-    `dirty`: the checkout's code differs from the commit; files under
-    benchmarks/results/, which the runs themselves write, do not count.
+
+@functools.lru_cache(maxsize=None)
+def commit():
+    """`{"commit": sha, "dirty": bool}` of the code this process runs, or None outside a git checkout.
+
+    Read once per process, when first asked: the code a process imported is
+    the code at its start, however long it runs. `dirty`: that code (`CODE`)
+    differs from the commit.
     """
     def git(*args):
         return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=60)
@@ -73,7 +81,7 @@ def commit():
         head = git("rev-parse", "HEAD")
         if head.returncode:
             return None
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE)
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
