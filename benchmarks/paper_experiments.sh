@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The paper's experiments as run for benchmarks/RESULTS.md (about 8 minutes on 2 cores).
+# The paper's experiments as run for benchmarks/RESULTS.md: about 20 minutes on 2 cores (the two nonconvex commands
+# 16.5 of them, the seconds their JSON records; the two compare runs about 3).
 # Outputs land in benchmarks/results/. CIFAR-10 path: first argument, default ../shared/datasets/cifar10-jpeg.tar.gz
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -77,7 +77,7 @@ def paper_starts(n, grid=None):
 
 
 def is_global_minimum(x, tol=SUCCESS_TOL):
-    """True where ‖x − 1‖∞ < tol (the paper's success criterion)."""
+    """True where ‖x − 1‖∞ < tol: success, with our tolerance (the paper names the global minimum, no tolerance)."""
     return np.max(np.abs(np.asarray(x) - 1.0), axis=-1) < tol
 
 
