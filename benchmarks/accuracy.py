@@ -17,7 +17,7 @@ in benchmarks/results/accuracy-*/results.json and skipped when the script runs
 again, so it can be continued across sessions.
 
 Usage: python benchmarks/accuracy.py [CIFAR_PATH] [--only cifar|mnist1d]
-(about 50 minutes for CIFAR-10 and 5 for MNIST-1D on 2 CPU cores)
+(each run's seconds are in its results.json and in RESULTS §5's CIFAR-10 table)
 """
 
 import argparse

@@ -63,7 +63,7 @@ def _runs(out, threads, environment):
 def render(out):
     """The table of the cases found under `out`, from their results.json."""
     head = ["--threads", "environment", "SGD test error", "HTA test error", "HTA − SGD (points)",
-            "every run identical to the idle one"]
+            "every run identical to the idle one", "seconds trained (sum of the runs)"]
     rows = []
     for threads in THREADS:
         if not os.path.exists(os.path.join(out, f"threads{threads}-idle", "results.json")):
@@ -77,7 +77,8 @@ def render(out):
                      for arm in ("sgd", "hta")}
             same = all(a[k] == b[k] for a, b in zip(runs, idle) for k in ("val_error", "test_error", "train_loss"))
             rows.append([str(threads), environment, f"{error['sgd']:.2f}%", f"{error['hta']:.2f}%",
-                         f"{error['hta'] - error['sgd']:+.2f}", "yes" if same else "no"])
+                         f"{error['hta'] - error['sgd']:+.2f}", "yes" if same else "no",
+                         f"{sum(r['seconds'] for r in runs):.1f}"])
     return "\n".join(common.table(head, rows)) + "\n"
 
 

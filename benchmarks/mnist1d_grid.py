@@ -1,4 +1,4 @@
-"""MNIST-1D: SGD against HTA over a few HTA settings, 3 seeds each (about 6 minutes on 2 cores).
+"""MNIST-1D: SGD against HTA over a few HTA settings, 3 seeds each (each run's seconds in its results.json).
 
 Every run is `keras-hta compare` with its defaults (`--threads 1` among them)
 and the SGD baseline lr 0.05, momentum 0.9, weight decay 5e-4, 24 epochs,

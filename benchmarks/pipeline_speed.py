@@ -47,6 +47,14 @@ def measure(path, batches):
             "cpus": os.cpu_count()}
 
 
+def render(saved):
+    """RESULTS §6's pipeline table from pipeline_speed.json."""
+    rows = [["tf.data" if r["backend"] == "tensorflow" else "NumPy (ArrayBatches)", r["backend"],
+             f"{r['images_per_s']:.0f}", str(r["images"])] for r in saved["rows"]]
+    return "\n".join([f"Command: `{saved['command']}`", ""] +
+                     common.table(["pipeline", "backend", "images/s", "images timed"], rows)) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cifar", nargs="?", default=os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpeg.tar.gz"))
@@ -67,16 +75,14 @@ def main():
                              capture_output=True, text=True, env=env, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
+    from keras_hta.experiments import write_atomic
+
     command = "python benchmarks/pipeline_speed.py " + " ".join(sys.argv[1:])
-    lines = [f"Command: `{command}`", "", "| pipeline | backend | images/s | images timed |", "|---|---|---|---|"]
-    for r in rows:
-        kind = "tf.data" if r["backend"] == "tensorflow" else "NumPy (ArrayBatches)"
-        lines.append(f"| {kind} | {r['backend']} | {r['images_per_s']:.0f} | {r['images']} |")
+    saved = {"command": command, "provenance": common.provenance(command), "rows": rows}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "pipeline_speed.json"), "w") as f:
-        json.dump({"command": command, "provenance": common.provenance(command), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "pipeline_speed.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(args.out, "pipeline_speed.json"), lambda f: json.dump(saved, f, indent=1))
+    lines = render(saved).splitlines()
+    write_atomic(os.path.join(args.out, "pipeline_speed.md"), lambda f: f.write("\n".join(lines) + "\n"))
     print("\n".join(lines))
     return 0
 

@@ -41,7 +41,7 @@ with the optimizer's EMA).
 
 Usage (resumable run by run; results under benchmarks/results/study-<data>/;
 a study keeps the backend it started on):
-    KERAS_BACKEND=jax python benchmarks/study.py mnist1d-cnn   # about 30 minutes on one CPU core
+    KERAS_BACKEND=jax python benchmarks/study.py mnist1d-cnn   # each run's seconds land in study.json
     KERAS_BACKEND=jax python benchmarks/study.py mnist1d-mlp
     python benchmarks/study.py cifar10 --trials 2 --epochs 6 --seeds 3 --train-size 10000 --arms ...
     python benchmarks/study_report.py

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -398,3 +399,125 @@ def test_the_mnist1d_grid_table_renders_from_its_json():
         saved = json.loads((ROOT / "benchmarks" / "results" / f"mnist1d-{name}" / "results.json").read_text())
         assert all(run["provenance"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1" for run in saved["runs"]), name
         assert saved["command"].endswith(" ".join(flags)), name
+
+
+# What counts as a figure in the prose of README.md and benchmarks/RESULTS.md (test below): a decimal number, or an
+# integer directly followed by a unit of measure, or an integer of 3+ digits that counts no named thing. Not figures:
+# versions (v0.4, 3.15.1), dates, section, table and issue numbers, exit codes, code (fenced or in backticks), link
+# targets, and integers that count things (5 seeds, 4,096 images, 1296 starts).
+_UNIT = r"(?=\s?(?:%|×|x\b|s\b|ms\b|µs\b|MB\b|GB\b|KB\b|GiB\b|MiB\b|minutes?\b|hours?\b|points?\b|images/s\b))"
+_COUNTED = ("images", "examples", "starts", "seeds", "trials", "runs", "epochs", "steps", "weights", "parameters",
+            "variables", "lines", "tests", "bytes", "train", "training", "validation", "test", "of", "to", "and",
+            "passed", "skipped", "failed", "characters", "rows", "files", "classes", "channels", "filters", "units")
+_NUMBER = re.compile(r"(?<![\w.§#/-])[−+±-]?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w.]*\d)(?![\w/-])")
+_NOT_PROSE = re.compile(r"`[^`]*`|\]\([^)]*\)|https?://\S+|\b(?:v|Python |Keras |keras-hta |keras |NumPy |numpy |"
+                        r"TensorFlow |tensorflow(?:-cpu)? |JAX |jax |PyTorch |torch |SciPy |scipy |CPython |Pillow |"
+                        r"keras-hub |keras-tuner |mnist1d |files of |Table |section |issue |issues |exit |n = )"
+                        r"[\d.,/–-]+|\d{4}-\d{2}-\d{2}|§[\d.]+")
+
+
+def _more_rendered_results():
+    """The rendered tables that the figure test of README's results table does not read."""
+    from keras_hta.experiments import compare, nonconvex
+
+    folder = ROOT / "benchmarks" / "results"
+    load = lambda name: json.loads((folder / name).read_text())  # noqa: E731
+    check = load("cifar10-vgg11-w0.125-2ep/results.json")
+    return "\n".join([nonconvex.render_table1(load("nonconvex_anchors.json")), benchmark_script("mnist1d_grid").render(),
+                      benchmark_script("pipeline_speed").render(load("pipeline_speed.json")),
+                      compare.markdown(check["config"], check["summary"], check["command"], check["runs"])])
+
+
+def prose_figures(text):
+    """(line number, figure as written, its value, its decimals) for every figure of `text`'s prose (see above)."""
+    in_code = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code or line.startswith("    ") or line.lstrip().startswith((">>> ", "... ")):  # code
+            continue
+        prose = _NOT_PROSE.sub(" ", line)
+        for m in _NUMBER.finditer(prose):
+            whole, decimals = m.group(1), m.group(2) or ""
+            after = prose[m.end():].lstrip()
+            if not decimals and not re.match(_UNIT, prose[m.end():]):
+                if len(whole.replace(",", "")) < 3 or after.split(" ")[0].strip(",;:.()") in _COUNTED:
+                    continue
+                if re.match(r"(?:19|20)\d\d\b", whole):  # a year
+                    continue
+            value = float((whole + decimals).replace(",", ""))
+            yield number, m.group(0), value, len(decimals) - 1 if decimals else 0
+
+
+def rendered_numbers(text):
+    """Every number of the rendered tables as written (signs and thousands separators dropped: the prose says
+    'below' or 'loses')."""
+    return {n.replace(",", "") for n in re.findall(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", text)}
+
+
+def accounted(written, decimals, rendered):
+    """True when the figure `written` is a rendered number: as written, or, with 3+ significant digits, that number
+    rounded to the decimals written (63.2 for 63.19; 0.4 must be written 0.4 somewhere)."""
+    figure = written.lstrip("−+±-").replace(",", "")
+    if figure in rendered:
+        return True
+    if len(figure.replace(".", "").lstrip("0")) < 3:
+        return False
+    return any(round(float(n), decimals) == float(figure) for n in rendered)
+
+
+def stated_constants():
+    """benchmarks/constants.toml: the figures the prose may state that no results JSON holds, each with its source."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "benchmarks" / "constants.toml").read_text())["figure"]
+
+
+def test_what_counts_as_a_figure_in_the_prose():
+    text = "\n".join([
+        "Keras 3.15.1, keras-hta v0.4 and files of 0.3 on 2026-12-07 (§4.1, Table 2, issue #45, exit 130):",
+        "5 seeds, 4,096 images, 1296 starts and `--lr 0.05` in code;",
+        "HTA 87.84 ± 2.37% in 5.3 s, −0.28 points, 1,224 wins, 2 × the memory, 624 s.",
+        "```", "12.34 in a code block", "```", ">>> x = [91.2]",
+    ])
+    assert [(line, written) for line, written, _, _ in prose_figures(text)] == [
+        (3, "87.84"), (3, "2.37"), (3, "5.3"), (3, "−0.28"), (3, "1,224"), (3, "2"), (3, "624")]
+    rendered = rendered_numbers("| 87.84% | 1,224 | 0.874 | 63.19% |")
+    assert accounted("87.84", 2, rendered) and accounted("1,224", 0, rendered) and accounted("63.2", 1, rendered)
+    assert accounted("0.874", 3, rendered) and not accounted("0.9", 1, rendered)  # 2 digits: only as written
+    assert not accounted("63.3", 1, rendered)
+
+
+def test_every_stated_constant_names_its_source_and_a_repository_source_holds_it():
+    for entry in stated_constants():
+        assert set(entry) == {"value", "what", "source"} and entry["what"] and entry["source"], entry
+        path = ROOT / entry["source"].split(" ")[0].split(":")[0]
+        if entry["source"].startswith(("keras_hta/", "benchmarks/", "examples/")):
+            assert path.is_file(), entry
+            assert entry["value"] in path.read_text(), entry
+
+
+def test_every_figure_in_the_prose_of_readme_results_and_the_harness_docstrings_is_rendered_or_stated():
+    """A figure in README.md, benchmarks/RESULTS.md or a docstring of the harness (keras_hta/experiments,
+    benchmarks/; outside code and examples) is a number some table rendered from the
+    committed results JSON holds (to the decimals the prose gives: 63.2 for 63.19) or one of benchmarks/constants.toml's
+    stated constants (hyperparameters, the paper's figures, closed forms)."""
+    import ast
+
+    rendered = rendered_numbers(_rendered_results() + "\n" + _more_rendered_results())
+    constants = {c["value"] for c in stated_constants()}
+    texts = [(name, (ROOT / name).read_text()) for name in ("README.md", "benchmarks/RESULTS.md")]
+    for path in sorted((ROOT / "keras_hta" / "experiments").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node, clean=False):
+                where = f"{path.relative_to(ROOT)}:{getattr(node, 'name', 'module')} docstring"
+                texts.append((where, ast.get_docstring(node, clean=False)))
+    unaccounted, checked = [], 0
+    for name, text in texts:
+        for line, written, _, decimals in prose_figures(text):
+            checked += 1
+            if written.lstrip("−+±-") not in constants and not accounted(written, decimals, rendered):
+                unaccounted.append(f"{name}:{line}: {written}")
+    assert checked > 1000  # README and RESULTS hold over 1,500 today
+    assert not unaccounted, f"{len(unaccounted)} figures neither rendered nor stated:\n" + "\n".join(unaccounted)

@@ -9,8 +9,8 @@ Pillow, so no TensorFlow is needed there. Either way every batch is a
 function of the seed alone, so each seed gives every arm the same batches.
 
 The cache: archives are extracted, and decoded image folders saved as .npy
-arrays, under `~/.keras/keras_hta` (412 MB for CIFAR-10: 236 MB of extracted files, 176 MB
-of decoded arrays per decoder), or
+arrays, under `~/.keras/keras_hta` (for CIFAR-10 some hundreds of megabytes: the extracted
+files, and the decoded arrays per decoder), or
 under `$KERAS_HTA_CACHE`, or the `cache_dir` argument (`--cache-dir` in the
 CLI). Entries are keyed by content: the files' relative paths, sizes and
 modification times, so moving, adding or editing an image gives a new entry.
