@@ -3,7 +3,8 @@
 Runs `keras-hta compare` with four arms: sgd, hta (the paper's squared norms
 with the exact proximal penalty update, the default), hta_l2 (the authors'
 unsquared norms with an explicit gradient step, as their code does) and sgd_ema:
-  - CIFAR-10 (the JPEG tarball), VGG11-BN width 1/8, 15 epochs, 3 seeds,
+  - CIFAR-10 (the JPEG tarball), VGG11-BN width 1/8, 15 epochs, 3 seeds
+    (hours per seed on 2 cores with `--threads 1`: run across sessions),
     SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 128, the paper's
     augmentation; HTA with the paper's L values 0.01 -> 0.005 by 0.001 scaled
     to the budget (2 epochs each, then 0.005);
@@ -41,7 +42,8 @@ def _signed(value):
 
 
 def render(folders, seconds=False, root=os.path.join(HERE, "results")):
-    """RESULTS §5's table of `folders` ((results folder, model name), ...) from their results.json.
+    """RESULTS §5's table of `folders` ((results folder, model name), ...) from their results.json, summarized
+    from the runs (a folder whose runs are still being made renders the arms and seeds it has).
 
     Test accuracy mean ± sample std (ddof=1) over seeds, its max, the rate of improvement of the mean test error
     over SGD, and each arm against SGD paired seed by seed (a seed gives every arm the same initial weights and
@@ -57,17 +59,21 @@ def render(folders, seconds=False, root=os.path.join(HERE, "results")):
     for folder, model in folders:
         with open(os.path.join(root, folder, "results.json")) as f:
             saved = json.load(f)
-        summary, runs = saved["summary"], saved["runs"]
+        runs = saved["runs"]
+        summary = compare.summarize(runs)  # from the runs: a folder still being run renders what it has
         for arm, label in LABELS.items():
-            a = summary[arm]
-            if arm == "sgd":
+            a = summary.get(arm)
+            if a is None:
+                continue
+            if arm == "sgd" or "sgd" not in summary or len(compare.paired_accuracies(arm, runs)[0]) < 2:
                 roi = diff = p_t = p_w = "—"
             else:
                 row = stats.paired(*compare.paired_accuracies(arm, runs))
                 roi = _signed(a["roi_percent"])
                 diff = f"{row['mean_diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]".replace("-", "\u2212")
                 p_t, p_w = stats.format_p(row["p_ttest"]), stats.format_p(row["p_wilcoxon"])
-            cells = [model, label, f"{a['val_acc_mean']:.2f}%", f"{a['acc_mean']:.2f}% ± {a['acc_std']:.2f}%",
+            spread = f" ± {a['acc_std']:.2f}%" if a["seeds"] > 1 else f" ({a['seeds']} seed)"
+            cells = [model, label, f"{a['val_acc_mean']:.2f}%", f"{a['acc_mean']:.2f}%{spread}",
                      f"{a['acc_max']:.2f}%", roi, diff, p_t, p_w] + ([f"{a['seconds_mean']:.0f}"] if seconds else [])
             rows.append(cells)
     return "\n".join(common.table(head, rows)) + "\n"

@@ -88,6 +88,7 @@ DEFAULT_ARMS = ["sgd", "sgd_ema", "h1_paper_zeros", "h1_paper_init", "sgd_decay"
                 "h3_elastic_split", "hta_tuned"]
 CONTROLS = {"sgd_decay": "h1_paper_zeros", "sgd_pull": "h1_paper_init"}  # control: the HTA arm it mirrors
 TUNING_SEEDS = (1001, 1002, 1003)  # every trial is scored on these; the final runs' seeds are 1..N
+TUNER_SEED = 1  # keras-tuner's draws; not 0, which its Oracle takes as "no seed" (`seed or random.randint(...)`)
 PROTOCOL = 2  # 1: HTA arms took SGD's tuned optimizer, trials on seed 0; 2: as the module's docstring says
 
 
@@ -239,19 +240,57 @@ def train(arm, hp, d, config, seed, epochs, sgd_settings, final=False, verbose=0
     return record
 
 
-def tune(arm, d, config, args, sgd_settings, out):
-    """RandomSearch over the arm's space; returns the best values, their score and every trial in order."""
+class PieceDone(Exception):
+    """Raised when `--stop-after` leaves no time for the next trial or run: the study ends here, to be continued."""
+
+
+class Deadline:
+    """`--stop-after`: whether the next unit of work (a tuning trial, a final run) fits in what is left.
+
+    The estimate is the longest unit timed so far in this process; with none timed yet the unit runs, so every
+    piece makes progress.
+    """
+
+    def __init__(self, seconds=None):
+        self.seconds, self.start, self.longest = seconds, time.perf_counter(), None
+
+    def check(self):
+        """Raises PieceDone unless the next unit is estimated to finish in time (or no limit was given)."""
+        if self.seconds is not None and self.longest is not None:
+            if time.perf_counter() - self.start + self.longest > self.seconds:
+                raise PieceDone()
+
+    def timed(self, work):
+        """Runs `work()`, counting its time towards the estimate; returns its result."""
+        began = time.perf_counter()
+        result = work()
+        self.longest = max(self.longest or 0.0, time.perf_counter() - began)
+        return result
+
+
+def tune(arm, d, config, args, sgd_settings, out, deadline=None):
+    """RandomSearch over the arm's space; returns the best values, their score and every trial in order.
+
+    Raises PieceDone before a trial that `deadline` says would not fit: the trials done stay in the tuner's
+    folder, and the same call continues the search where it stopped (keras-tuner saves its random state).
+    """
     import keras_tuner
 
+    deadline = deadline or Deadline()
+
     class ArmSearch(keras_tuner.RandomSearch):  # keras-tuner's way to tune anything: override run_trial
+        def pre_create_trial(self):
+            if len(self.oracle.trials) < self.oracle.max_trials:  # a trial would start: does it fit?
+                deadline.check()
+
         def run_trial(self, trial, *fit_args, **fit_kwargs):
-            records = [train(arm, trial.hyperparameters, d, config, seed, args.epochs, sgd_settings)
-                       for seed in TUNING_SEEDS]  # the mean over seeds: less of one seed's luck in the choice
+            records = deadline.timed(lambda: [train(arm, trial.hyperparameters, d, config, seed, args.epochs,
+                                                    sgd_settings) for seed in TUNING_SEEDS])
             return {"val_accuracy": float(np.mean([r["val_accuracy"] for r in records]))}
 
     space = keras_tuner.HyperParameters()  # declared up front: the first trial is drawn too, not the defaults
     configuration(arm, space, args.epochs, sgd_settings)
-    tuner = ArmSearch(objective=keras_tuner.Objective("val_accuracy", "max"), max_trials=args.trials, seed=0,
+    tuner = ArmSearch(objective=keras_tuner.Objective("val_accuracy", "max"), max_trials=args.trials, seed=TUNER_SEED,
                       hyperparameters=space, directory=os.path.join(out, "tuning"), project_name=arm,
                       overwrite=False)
     tuner.search(verbose=0)
@@ -375,7 +414,8 @@ def markdown(name, args, state, rows, tests):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def parse_arguments(argv=None):
+    """The command line, checked: one line naming the flag and the value for anything wrong, before any data loads."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("data", choices=sorted(DATA))
@@ -386,19 +426,46 @@ def main():
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS) + list(EXTRA_ROWS))
     parser.add_argument("--train-size", type=int, help="a stratified subset of the training data")
     parser.add_argument("--out", help="default: benchmarks/results/study-<data>")
-    args = parser.parse_args()
+    parser.add_argument("--data-dir", help="cifar10 only: the images (a folder or .tar.gz; default: the shared "
+                        "CIFAR-10 tarball)")
+    parser.add_argument("--width", type=float, help="cifar10 only: VGG11-BN's width multiplier (default 0.125)")
+    parser.add_argument("--val-size", type=int, help="cifar10 only: validation images held out (default 5000)")
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS",
+                        help="end cleanly before a trial or run that would not finish within SECONDS of the start "
+                             "(the longest one so far is the estimate; the first always runs); the same command "
+                             "continues the study")
+    args = parser.parse_args(argv)
     for flag in ("trials", "epochs", "seeds"):
         if getattr(args, flag) < 1:
             parser.error(f"argument --{flag} must be >= 1. Received: {getattr(args, flag)}")
+    for flag in ("data_dir", "width", "val_size"):
+        if getattr(args, flag) is not None and args.data != "cifar10":
+            parser.error(f"argument --{flag.replace('_', '-')} applies to cifar10 only. Received: {args.data}")
+    for flag in ("width", "val_size", "stop_after"):
+        value = getattr(args, flag)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            parser.error(f"argument --{flag.replace('_', '-')} must be > 0. Received: {value}")
+    if args.data_dir is not None and not os.path.exists(args.data_dir):
+        parser.error(f"argument --data-dir does not exist. Received: {args.data_dir}")
     if "sgd" not in args.arms:
         parser.error("argument --arms must include sgd (every other arm uses its tuned optimizer)")
-    import keras
+    return parser, args
 
-    from keras_hta.experiments import compare, plots, provenance
 
+def data_config(args):
+    """The data and model settings of `args`, as `keras_hta.experiments.compare` takes them."""
     config = {**DATA[args.data][0], "val_size": 5000 if args.data == "cifar10" else 0.1,
               "train_size": args.train_size, "test_size": None}
-    out = args.out or os.path.join(HERE, "results", f"study-{args.data}")
+    if args.data_dir is not None:
+        config["dataset"] = "folder:" + os.path.abspath(args.data_dir)
+    config.update({k: v for k, v in (("width", args.width), ("val_size", args.val_size)) if v is not None})
+    return config
+
+
+def open_state(parser, out, backend):
+    """The study kept in `out` (or a new one), refused in one line if an earlier protocol or backend made it."""
+    from keras_hta.experiments import compare
+
     try:
         compare.check_writable_folder(out)
     except ValueError as error:
@@ -408,7 +475,6 @@ def main():
     if state.get("protocol") != PROTOCOL:
         parser.error(f"the study in {out} was run by an earlier protocol (every HTA arm took SGD's tuned optimizer, "
                      f"tuning on one seed): start this one in another --out. Received: --out {out}")
-    backend = keras.backend.backend()
     if state.setdefault("backend", backend if not state["finals"] else "tensorflow") != backend:
         parser.error(f"the study in {out} ran on {state['backend']}; continue it with KERAS_BACKEND="
                      f"{state['backend']}. Received: KERAS_BACKEND={backend}")
@@ -416,9 +482,18 @@ def main():
         os.makedirs(out, exist_ok=True)
     except OSError as error:
         parser.error(f"argument --out cannot be made: {error.strerror}. Received: --out {out}")
-    d = compare.load_data(config)
-    print(f"{args.data}: {len(d['y_train'])} train / {len(d['y_val'])} validation / {len(d['y_test'])} test "
-          f"({backend})", flush=True)
+    return state
+
+
+def run(args, state, out, d, config, deadline):
+    """Tunes each arm not yet tuned, then makes each final run not yet made, saving study.json after each.
+
+    Raises PieceDone where `deadline` stops it; what finished is saved.
+    """
+    from keras_hta.experiments import compare, provenance
+
+    path = os.path.join(out, "study.json")
+    command = f"KERAS_BACKEND={state['backend']} python benchmarks/study.py " + " ".join(sys.argv[1:])
 
     def tuned_values(arm):
         if arm in EXTRA_ROWS or not tunable(arm):
@@ -429,7 +504,7 @@ def main():
             state["tuned"][arm].update(trials=trials, best=best_trial(trials))
         if arm not in state["tuned"]:
             print(f"tuning {arm} ...", flush=True)
-            trials, best = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out)
+            trials, best = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out, deadline)
             state["tuned"][arm] = {"values": trials[best]["values"], "val_accuracy": trials[best]["val_accuracy"],
                                    "trials": trials, "best": best}
             compare.write_json_atomic(path, state)
@@ -443,12 +518,37 @@ def main():
             if any(r["seed"] == seed for r in runs):
                 continue
             epochs = 2 * args.epochs if arm == "sgd_2x" else args.epochs
-            record = train(arm, FixedHP(values), d, config, seed, epochs, sgd, final=True)
-            runs.append({"seed": seed, **record, "provenance": provenance.record(
-                f"KERAS_BACKEND={backend} python benchmarks/study.py " + " ".join(sys.argv[1:]))})
+            deadline.check()
+            record = deadline.timed(lambda: train(arm, FixedHP(values), d, config, seed, epochs, sgd, final=True))
+            runs.append({"seed": seed, **record, "provenance": provenance.record(command)})
             compare.write_json_atomic(path, state)
             print(f"  final {arm} seed {seed}: test {100 * record['test_accuracy']:.2f}% "
                   f"({record['seconds']:.0f} s)", flush=True)
+
+
+def main():
+    parser, args = parse_arguments()
+    deadline = Deadline(args.stop_after)  # counts from here: loading the data is part of a piece's time
+    import keras
+
+    from keras_hta.experiments import compare, plots
+
+    config = data_config(args)
+    out = args.out or os.path.join(HERE, "results", f"study-{args.data}")
+    backend = keras.backend.backend()
+    state = open_state(parser, out, backend)
+    path = os.path.join(out, "study.json")
+    d = compare.load_data(config)
+    print(f"{args.data}: {len(d['y_train'])} train / {len(d['y_val'])} validation / {len(d['y_test'])} test "
+          f"({backend})", flush=True)
+    try:
+        run(args, state, out, d, config, deadline)
+    except PieceDone:  # everything finished is in study.json (and the tuner's folders): the same command continues
+        compare.write_json_atomic(path, state)
+        finals = sum(len(runs) for runs in state["finals"].values())
+        print(f"Stopped by --stop-after {args.stop_after:g}: {len(state['tuned'])} arm(s) tuned and {finals} final "
+              f"run(s) kept in {out}; run the same command to continue.", flush=True)
+        return 0
     rows, tests = summarize(state, args.arms)
     state["summary"], state["tests"] = rows, tests
     compare.write_json_atomic(path, state)

@@ -46,13 +46,13 @@ def report(paths):
     return {"family_size": int(m), "designs": designs, "tests": rows}
 
 
-def markdown(result):
+def markdown(result, flags=""):
     from keras_hta.experiments.stats import format_p as p
 
     m = result["family_size"]
-    lines = ["Command: `python benchmarks/study_report.py`", "",
-             f"Family: {m} paired comparisons (every HTA arm against tuned SGD, and h1_paper_zeros against SGD + "
-             "its matched decay) over all data sets; Holm–Bonferroni adjusts their paired t-test p-values together.",
+    lines = [f"Command: `python benchmarks/study_report.py{flags}`", "",
+             f"Family: {m} paired comparisons (every HTA arm against tuned SGD, and each control's HTA arm against "
+             "the control) over all data sets; Holm–Bonferroni adjusts their paired t-test p-values together.",
              "", "Design sensitivity: MDE = the true mean difference in test accuracy (points) that the two-sided "
              "paired t-test detects with power 0.8, at the median sd of the family's per-seed differences.", "",
              "| data set | backend | seeds per arm | median sd of differences | MDE at alpha 0.05 "
@@ -72,6 +72,7 @@ def markdown(result):
 HYPOTHESES = {
     "sgd": "baseline", "sgd_ema": "baseline", "sgd_constant": "constant learning rate",
     "sgd_2x": "control: same compute (2× epochs)", "sgd_decay": "control: HTA's zero-anchor decay",
+    "sgd_pull": "control: HTA's init-anchor pull",
     "h1_paper_zeros": "1: paper's L, zero anchors", "h1_paper_init": "1: paper's L, init anchors",
     "h2_homotopy_init": "2: homotopy from L ≥ 1, init anchors", "h2_homotopy_zeros": "2: homotopy from L ≥ 1, zero anchors",
     "h3_elastic_split": "3: split batches, averaged", "hta_tuned": "L, anchor, split tuned",
@@ -113,11 +114,13 @@ def results_table(data, state, summary):
         ph = p(holm[(arm, "sgd")]) if (arm, "sgd") in holm else "—"
         lines.append(f"| {arm} | {HYPOTHESES[arm]} | {_configuration(arm, state)} | {trial} "
                      f"| {row['acc_mean']:.2f} ± {row['acc_std']:.2f}% | {diff} | {pt} | {pw} | {ph} | {row['seconds']:.1f} |")
-    t = tests.get(("h1_paper_zeros", "sgd_decay"))
-    if t:
-        lines += ["", f"HTA beyond its decay: h1_paper_zeros − sgd_decay {t['mean_diff']:+.2f} points "
-                      f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}], paired t p {p(t['p_ttest'])}, Wilcoxon p "
-                      f"{p(t['p_wilcoxon'])}, Holm p {p(holm[('h1_paper_zeros', 'sgd_decay')])}, {t['n']} seeds."]
+    for arm, control, what in (("h1_paper_zeros", "sgd_decay", "HTA beyond its decay"),
+                               ("h1_paper_init", "sgd_pull", "HTA beyond its pull to the initial weights")):
+        t = tests.get((arm, control))
+        if t:
+            lines += ["", f"{what}: {arm} − {control} {t['mean_diff']:+.2f} points "
+                          f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}], paired t p {p(t['p_ttest'])}, Wilcoxon p "
+                          f"{p(t['p_wilcoxon'])}, Holm p {p(holm[(arm, control)])}, {t['n']} seeds."]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +135,8 @@ def main():
 
     result = report(paths)
     compare.write_json_atomic(os.path.join(args.results, "study-summary.json"), result)
-    text = markdown(result)
+    default = os.path.abspath(args.results) == os.path.abspath(os.path.join(HERE, "results"))
+    text = markdown(result, "" if default else f" --results {os.path.relpath(args.results)}")
     write_atomic(os.path.join(args.results, "study-summary.md"), lambda f: f.write(text))
     print(text)
     return 0

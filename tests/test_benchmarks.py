@@ -90,6 +90,54 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     assert min(t["p_holm"] for t in summary["tests"]) == pytest.approx(min(1.0, 3 * p[0]))
 
 
+def _tiny_image_folder(root, classes=3, train=8, test=4, size=32):
+    """A CIFAR-10-shaped image folder (train/<class>/*.png, test/<class>/*.png): 32x32 noise around a colour of
+    each class's own, so that a network learns something in one epoch."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 216, (classes, 3))
+    for split, count in (("train", train), ("test", test)):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                image = np.clip(colours[c] + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(root / split / f"class{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow  # nine processes, each loading Keras
+@pytest.mark.extras
+def test_study_in_pieces_by_stop_after_equals_the_study_in_one_run(tmp_path):
+    """The GPU command's pieces: `--stop-after` ends before the next unit (a trial, a final run) once one has run,
+    and the same command continues; the pieces together tune and train exactly what one uninterrupted run does
+    (CIFAR-10's path: an image folder, VGG11-BN at a given width, JAX)."""
+    needs("jax", ": the GPU study runs on JAX")
+    images = _tiny_image_folder(tmp_path / "images")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND="jax",
+               KERAS_HTA_CACHE=str(tmp_path / "cache"))
+    command = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "cifar10", "--data-dir", str(images),
+               "--width", "0.0625", "--val-size", "3", "--trials", "2", "--epochs", "1", "--seeds", "2",
+               "--arms", "sgd", "h1_paper_zeros"]
+    whole = run_bounded(command + ["--out", str(tmp_path / "whole")], capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    pieces = []
+    for _ in range(12):  # 2 arms x 2 trials + 2 arms x 2 seeds = 8 units, one per piece
+        piece = run_bounded(command + ["--out", str(tmp_path / "pieces"), "--stop-after", "0.001"],
+                            capture_output=True, text=True, env=env)
+        assert piece.returncode == 0, piece.stderr[-3000:]
+        pieces.append(piece.stdout)
+        if "Stopped by --stop-after" not in piece.stdout:
+            break
+    assert len(pieces) == 8, [p[-300:] for p in pieces]
+    one, parts = (json.loads((tmp_path / name / "study.json").read_text()) for name in ("whole", "pieces"))
+    for arm in ("sgd", "h1_paper_zeros"):
+        assert parts["tuned"][arm] == one["tuned"][arm]  # every trial's values and score, and the best
+        same = ("seed", "test_accuracy", "val_accuracy", "val_curve")
+        assert [[r[k] for k in same] for r in parts["finals"][arm]] == [[r[k] for k in same] for r in one["finals"][arm]]
+    assert [t["mean_diff"] for t in parts["tests"]] == [t["mean_diff"] for t in one["tests"]]
+
+
 @pytest.mark.parametrize("flags, named", [(["--out", "FILE/x"], "--out"), (["--trials", "0"], "--trials"),
                                           (["--out", "OLD"], "earlier protocol")])
 def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
@@ -341,6 +389,16 @@ def test_the_study_tables_of_results_render_from_their_json():
             assert part.strip() in results, (data, part[:200])
     design = next(b for b in study_report.markdown(summary).split("\n\n") if b.startswith("| data set | backend"))
     assert design.strip() in results
+    # Protocol 2's studies, their own family: benchmarks/results/protocol2/
+    folder = folder / "protocol2"
+    summary = json.loads((folder / "study-summary.json").read_text())
+    assert summary == study_report.report(sorted(str(p) for p in folder.glob("study-*/study.json")))
+    state = json.loads((folder / "study-mnist1d-mlp" / "study.json").read_text())
+    assert state["protocol"] == 2 and all(len(runs) >= 100 for runs in state["finals"].values())
+    for part in study_report.results_table("mnist1d-mlp", state, summary).strip().split("\n\n"):
+        assert part.strip() in results, part[:200]
+    design = next(b for b in study_report.markdown(summary).split("\n\n") if b.startswith("| data set | backend"))
+    assert design.strip() in results
 
 
 def _rendered_results():
@@ -364,6 +422,9 @@ def _rendered_results():
              compare.markdown(saved["config"], saved["summary"], saved["command"], saved["runs"])]
     texts += [study_report.results_table(d, load(f"study-{d}/study.json"), summary)
               for d in ("mnist1d-cnn", "mnist1d-mlp", "cifar10")]
+    protocol2 = load("protocol2/study-summary.json")
+    texts += [study_report.markdown(protocol2),
+              study_report.results_table("mnist1d-mlp", load("protocol2/study-mnist1d-mlp/study.json"), protocol2)]
     return "\n".join(texts).replace("−", "-")
 
 
