@@ -40,9 +40,11 @@ def report(paths):
     for name, state in studies.items():
         sds = [t["sd_diff"] for t in state["tests"] if t["family"] and t["sd_diff"] > 0]
         seeds = min(t["n"] for t in state["tests"] if t["family"])
-        sd = float(np.median(sds))
-        designs[name] = {"seeds": seeds, "median_sd_diff": sd, "mde_05": stats.paired_mde(sd, seeds),
-                         "mde_holm": stats.paired_mde(sd, seeds, alpha=0.05 / m), "backend": state.get("backend")}
+        # No spread in any difference (every seed's runs equal): the design's MDE is undefined, not zero.
+        sd = float(np.median(sds)) if sds else float("nan")
+        designs[name] = {"seeds": seeds, "median_sd_diff": sd, "backend": state.get("backend"),
+                         "mde_05": stats.paired_mde(sd, seeds) if sds and seeds > 1 else float("nan"),
+                         "mde_holm": stats.paired_mde(sd, seeds, alpha=0.05 / m) if sds and seeds > 1 else float("nan")}
     return {"family_size": int(m), "designs": designs, "tests": rows}
 
 
@@ -58,8 +60,8 @@ def markdown(result, flags=""):
              "| data set | backend | seeds per arm | median sd of differences | MDE at alpha 0.05 "
              f"| MDE at alpha 0.05/{m} (Holm's first step) |", "|---|---|---|---|---|---|"]
     for name, d in result["designs"].items():
-        lines.append(f"| {name} | {d['backend']} | {d['seeds']} | {d['median_sd_diff']:.2f} | {d['mde_05']:.2f} "
-                     f"| {d['mde_holm']:.2f} |")
+        cells = [f"{d[k]:.2f}" if np.isfinite(d[k]) else "—" for k in ("median_sd_diff", "mde_05", "mde_holm")]
+        lines.append(f"| {name} | {d['backend']} | {d['seeds']} | " + " | ".join(cells) + " |")
     lines += ["", "| data set | arm − baseline | seeds | mean difference [95% CI] | paired t-test p "
               "| Wilcoxon signed-rank p | Holm-adjusted p (paired t) |", "|---|---|---|---|---|---|---|"]
     for t in result["tests"]:

@@ -138,6 +138,26 @@ def test_study_in_pieces_by_stop_after_equals_the_study_in_one_run(tmp_path):
     assert [t["mean_diff"] for t in parts["tests"]] == [t["mean_diff"] for t in one["tests"]]
 
 
+def test_study_report_gives_no_mde_where_no_difference_varies(tmp_path):
+    """A study whose paired differences are all equal (tiny runs can tie on every seed) has no spread to size a
+    design by: its MDE is reported as undefined, not raised on, and the Holm p-values still come out."""
+    study_report = benchmark_script("study_report")
+    tie = {"n": 3, "mean_diff": 0.0, "sd_diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_ttest": 1.0,
+           "p_wilcoxon": float("nan")}
+    spread = {**tie, "mean_diff": 0.5, "sd_diff": 1.0, "ci_low": -2.0, "ci_high": 3.0, "p_ttest": 0.47}
+    for name, test in (("tied", tie), ("spread", spread)):
+        (tmp_path / f"study-{name}").mkdir()
+        state = {"backend": "jax", "tests": [{"arm": "h1_paper_zeros", "baseline": "sgd", "family": True, **test}]}
+        (tmp_path / f"study-{name}" / "study.json").write_text(json.dumps(state))
+    result = study_report.report(sorted(str(p) for p in tmp_path.glob("study-*/study.json")))
+    assert np.isnan(result["designs"]["tied"]["mde_05"]) and np.isnan(result["designs"]["tied"]["mde_holm"])
+    from keras_hta.experiments import stats
+
+    assert result["designs"]["spread"]["mde_05"] == stats.paired_mde(1.0, 3)
+    assert {t["data"]: t["p_holm"] for t in result["tests"]} == dict(zip(("spread", "tied"), stats.holm([0.47, 1.0])))
+    assert "| tied | jax | 3 | — | — | — |" in study_report.markdown(result)
+
+
 @pytest.mark.parametrize("flags, named", [(["--out", "FILE/x"], "--out"), (["--trials", "0"], "--trials"),
                                           (["--out", "OLD"], "earlier protocol")])
 def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
