@@ -65,10 +65,10 @@ def render(folders, seconds=False, root=os.path.join(HERE, "results")):
             a = summary.get(arm)
             if a is None:
                 continue
-            if arm == "sgd" or "sgd" not in summary or len(compare.paired_accuracies(arm, runs)[0]) < 2:
+            row = a.get("paired_vs_sgd")  # against SGD on the seeds both ran (`compare.summarize`)
+            if row is None:
                 roi = diff = p_t = p_w = "—"
             else:
-                row = stats.paired(*compare.paired_accuracies(arm, runs))
                 roi = _signed(a["roi_percent"])
                 diff = f"{row['mean_diff']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]".replace("-", "\u2212")
                 p_t, p_w = stats.format_p(row["p_ttest"]), stats.format_p(row["p_wilcoxon"])

@@ -92,6 +92,11 @@ def provenance(command):
     return _provenance().record(command)
 
 
+def thread_env():
+    """The thread and kernel variables `keras-hta compare --threads` sets (`provenance.THREAD_ENV`)."""
+    return _provenance().THREAD_ENV
+
+
 def package_versions(names=("keras", "tensorflow-cpu", "jax", "torch", "numpy")):
     """The installed versions of `names` (default: Keras, the three backends and NumPy), as a results file records."""
     return _provenance().package_versions(names)

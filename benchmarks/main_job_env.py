@@ -43,8 +43,7 @@ def run_case(out, threads, environment):
     if environment == "one-cpu":
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0)))] + command
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_DETERMINISTIC_OPS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
-                 "XLA_FLAGS"):
+    for name in common.thread_env() + ("XLA_FLAGS",):
         env.pop(name, None)  # what --threads sets, and nothing from the caller's environment
     load = [_busy() for _ in range(os.cpu_count() or 1)] if environment == "loaded" else []
     try:

@@ -81,9 +81,9 @@ def main():
     saved = {"command": command, "provenance": common.provenance(command), "rows": rows}
     os.makedirs(args.out, exist_ok=True)
     write_atomic(os.path.join(args.out, "pipeline_speed.json"), lambda f: json.dump(saved, f, indent=1))
-    lines = render(saved).splitlines()
-    write_atomic(os.path.join(args.out, "pipeline_speed.md"), lambda f: f.write("\n".join(lines) + "\n"))
-    print("\n".join(lines))
+    text = render(saved)
+    write_atomic(os.path.join(args.out, "pipeline_speed.md"), lambda f: f.write(text))
+    print(text, end="")
     return 0
 
 

@@ -129,7 +129,7 @@ def configuration(arm, hp, epochs, sgd_settings=None):
     whole search space, so that RandomSearch draws even its first trial.
     """
     spec = ARMS.get(arm, ARMS["sgd"])
-    if arm in ARMS:  # every arm tunes its own optimizer: learning rate and weight decay, jointly
+    if tunable(arm):  # every arm tunes its own optimizer: learning rate and weight decay, jointly
         config = {"lr": hp.Float("lr", 0.005, 0.3, sampling="log"),
                   "weight_decay": hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")}
     else:  # sgd_2x, sgd_constant: the tuned SGD's
@@ -496,7 +496,7 @@ def run(args, state, out, d, config, deadline):
     command = f"KERAS_BACKEND={state['backend']} python benchmarks/study.py " + " ".join(sys.argv[1:])
 
     def tuned_values(arm):
-        if arm in EXTRA_ROWS or not tunable(arm):
+        if not tunable(arm):  # sgd_2x, sgd_constant
             return {}
         folder = os.path.join(out, "tuning", arm)
         if arm in state["tuned"] and "trials" not in state["tuned"][arm] and os.path.isdir(folder):

@@ -41,10 +41,11 @@ def report(paths):
         sds = [t["sd_diff"] for t in state["tests"] if t["family"] and t["sd_diff"] > 0]
         seeds = min(t["n"] for t in state["tests"] if t["family"])
         # No spread in any difference (every seed's runs equal): the design's MDE is undefined, not zero.
+        defined = bool(sds) and seeds > 1
         sd = float(np.median(sds)) if sds else float("nan")
-        designs[name] = {"seeds": seeds, "median_sd_diff": sd, "backend": state.get("backend"),
-                         "mde_05": stats.paired_mde(sd, seeds) if sds and seeds > 1 else float("nan"),
-                         "mde_holm": stats.paired_mde(sd, seeds, alpha=0.05 / m) if sds and seeds > 1 else float("nan")}
+        mde = (lambda alpha: stats.paired_mde(sd, seeds, alpha=alpha) if defined else float("nan"))  # noqa: E731
+        designs[name] = {"seeds": seeds, "median_sd_diff": sd, "mde_05": mde(0.05), "mde_holm": mde(0.05 / m),
+                         "backend": state.get("backend")}
     return {"family_size": int(m), "designs": designs, "tests": rows}
 
 

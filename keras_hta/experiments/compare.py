@@ -444,7 +444,10 @@ def summarize(runs):
     for arm in (arm for arm in ARMS[1:] if arm in summary and "sgd" in summary):
         ours, sgd = paired_accuracies(arm, runs)
         if len(ours) >= 2:  # the paired difference over the seeds both arms ran: what results.md states
-            row = stats.paired(ours, sgd)
+            try:
+                row = stats.paired(ours, sgd)
+            except ImportError:  # SciPy is not installed: no test (`verdict` says so)
+                continue
             row["mde_power_0.8"] = stats.paired_mde(row["sd_diff"], row["n"]) if row["sd_diff"] > 0 else None
             summary[arm]["paired_vs_sgd"] = row
     return summary
@@ -559,14 +562,14 @@ def verdict(arm, summary, runs=None):
     gap = a["acc_mean"] - s["acc_mean"]
     better = f"{ARM_LABELS[arm]} {'above' if gap > 0 else 'below' if gap < 0 else 'level with'} SGD"
     text = f"{better}: {a['acc_mean']:.2f}% vs {s['acc_mean']:.2f}% ({gap:+.2f} points)"
-    ours, sgd = paired_accuracies(arm, runs)
-    if len(ours) < 2:
-        return text + f"; {len(ours)} paired seed(s): no test possible."
-    try:
-        from keras_hta.experiments import stats
-    except ImportError:
+    row = a.get("paired_vs_sgd")  # computed once, by `summarize`
+    if row is None:
+        paired = len(paired_accuracies(arm, runs)[0])
+        if paired < 2:
+            return text + f"; {paired} paired seed(s): no test possible."
         return text + " (no test: SciPy is not installed)."
-    row = stats.paired(ours, sgd)
+    from keras_hta.experiments import stats
+
     if row["sd_diff"] == 0:
         return text + f"; the same difference on all {row['n']} seeds: no interval to give."
     resolved = ("the interval excludes 0" if row["ci_low"] > 0 or row["ci_high"] < 0
@@ -575,7 +578,7 @@ def verdict(arm, summary, runs=None):
             f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] (paired t p = {stats.format_p(row['p_ttest'])}, "
             f"Wilcoxon p = {stats.format_p(row['p_wilcoxon'])}): {resolved}; at this spread (sd of the differences "
             f"{row['sd_diff']:.2f}) {row['n']} seeds detect a true difference of "
-            f"{stats.paired_mde(row['sd_diff'], row['n']):.2f} points with power 0.8.")
+            f"{row['mde_power_0.8']:.2f} points with power 0.8.")
 
 
 def write_json_atomic(path, obj):
