@@ -53,7 +53,6 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
@@ -285,7 +284,7 @@ def tune(arm, d, config, args, sgd_settings, out, deadline=None):
 
         def run_trial(self, trial, *fit_args, **fit_kwargs):
             records = deadline.timed(lambda: [train(arm, trial.hyperparameters, d, config, seed, args.epochs,
-                                                    sgd_settings) for seed in TUNING_SEEDS])
+                                                    sgd_settings) for seed in tuning_seeds(args)])
             return {"val_accuracy": float(np.mean([r["val_accuracy"] for r in records]))}
 
     space = keras_tuner.HyperParameters()  # declared up front: the first trial is drawn too, not the defaults
@@ -300,6 +299,11 @@ def tune(arm, d, config, args, sgd_settings, out, deadline=None):
     print(f"  tuned {arm}: best val_accuracy {trials[best]['val_accuracy']:.4f} at trial {best + 1} of "
           f"{len(trials)}: {trials[best]['values']}", flush=True)
     return trials, best
+
+
+def tuning_seeds(args):
+    """The seeds a trial is scored on: the first `--tuning-seeds` of `TUNING_SEEDS`."""
+    return TUNING_SEEDS[:args.tuning_seeds]
 
 
 def best_trial(trials):
@@ -380,6 +384,11 @@ def summarize(state, arms):
     return rows, tests
 
 
+def accuracy(row):
+    """A row's test accuracy as the tables give it: mean ± sample std, or the one seed's figure."""
+    return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f}%" if row["seeds"] > 1 else f"{row['acc_mean']:.2f}% (1 seed)"
+
+
 def markdown(name, args, state, rows, tests):
     from keras_hta.experiments.stats import format_p as p
 
@@ -388,7 +397,7 @@ def markdown(name, args, state, rows, tests):
     lines = [f"Command: `KERAS_BACKEND={state['backend']} python benchmarks/study.py {' '.join(sys.argv[1:])}`", "",
              f"{name}: {args.trials} trials x {args.epochs} epochs per tuned arm (RandomSearch, every trial drawn at "
              f"random; each arm its own learning rate and weight decay, and its own knobs; objective: validation "
-             f"accuracy, the mean over tuning seeds {', '.join(map(str, TUNING_SEEDS))}); final runs: seeds "
+             f"accuracy, the mean over tuning seeds {', '.join(map(str, tuning_seeds(args)))}); final runs: seeds "
              f"1..{args.seeds}, test accuracy read once per run. Std: sample std over seeds (ddof=1).", "",
              f"Tuning: the best trial was the first in {len(best_first)} of {len(tuned_arms)} tuned arms"
              + (f" ({', '.join(best_first)})." if best_first else "."), "",
@@ -400,7 +409,7 @@ def markdown(name, args, state, rows, tests):
         trial = f"{row['best_trial']} of {row['trials']}" if "trials" in row else "—"
         roi = f"{row['roi_vs_sgd']:+.2f}%" if "roi_vs_sgd" in row else "—"
         lines.append(f"| {arm} | {conf or '(fixed, or the tuned SGD settings)'} | {trial} | {row['seeds']} "
-                     f"| {row['acc_mean']:.2f} ± {row['acc_std']:.2f}% | {roi} | {row['seconds']:.1f} |")
+                     f"| {accuracy(row)} | {roi} | {row['seconds']:.1f} |")
     lines += ["", "Paired comparisons (per-seed differences in test accuracy, points; p-values unadjusted, "
               "two-sided; MDE: the difference the paired t-test detects with power 0.8 at alpha 0.05 and the "
               "observed sd of the differences; family: " + FAMILY_NOTE + "):", "",
@@ -424,6 +433,9 @@ def parse_arguments(argv=None):
     parser.add_argument("--epochs", type=int, default=24, help="epochs per trial and per final run")
     parser.add_argument("--seeds", type=int, default=40, help="final runs per arm (seeds 1..N)")
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS) + list(EXTRA_ROWS))
+    parser.add_argument("--tuning-seeds", type=int, default=len(TUNING_SEEDS), choices=range(1, len(TUNING_SEEDS) + 1),
+                        metavar="N", help=f"seeds each trial is scored on, the first N of {TUNING_SEEDS} (1 where "
+                        "the validation set is large enough to score a trial alone, as CIFAR-10's 5,000 images)")
     parser.add_argument("--train-size", type=int, help="a stratified subset of the training data")
     parser.add_argument("--out", help="default: benchmarks/results/study-<data>")
     parser.add_argument("--data-dir", help="cifar10 only: the images (a folder or .tar.gz; default: the shared "
@@ -511,15 +523,16 @@ def run(args, state, out, d, config, deadline):
         return state["tuned"][arm]["values"]
 
     sgd = tuned_values("sgd")
-    for arm in args.arms:
-        values = tuned_values(arm)
-        runs = state["finals"].setdefault(arm, [])
-        for seed in range(1, args.seeds + 1):
+    values = {arm: tuned_values(arm) for arm in args.arms}
+    for seed in range(1, args.seeds + 1):  # seed by seed: a study stopped part way has every arm on the same seeds
+        for arm in args.arms:
+            runs = state["finals"].setdefault(arm, [])
             if any(r["seed"] == seed for r in runs):
                 continue
             epochs = 2 * args.epochs if arm == "sgd_2x" else args.epochs
             deadline.check()
-            record = deadline.timed(lambda: train(arm, FixedHP(values), d, config, seed, epochs, sgd, final=True))
+            record = deadline.timed(lambda: train(arm, FixedHP(values[arm]), d, config, seed, epochs, sgd,
+                                                  final=True))
             runs.append({"seed": seed, **record, "provenance": provenance.record(command)})
             compare.write_json_atomic(path, state)
             print(f"  final {arm} seed {seed}: test {100 * record['test_accuracy']:.2f}% "
@@ -537,6 +550,10 @@ def main():
     out = args.out or os.path.join(HERE, "results", f"study-{args.data}")
     backend = keras.backend.backend()
     state = open_state(parser, out, backend)
+    seeds = state.setdefault("tuning_seeds", list(TUNING_SEEDS if state["tuned"] else tuning_seeds(args)))
+    if seeds != list(tuning_seeds(args)):
+        parser.error(f"the study in {out} scores its trials on {len(seeds)} tuning seed(s); continue it with "
+                     f"--tuning-seeds {len(seeds)}. Received: --tuning-seeds {args.tuning_seeds}")
     path = os.path.join(out, "study.json")
     d = compare.load_data(config)
     print(f"{args.data}: {len(d['y_train'])} train / {len(d['y_val'])} validation / {len(d['y_test'])} test "
@@ -564,6 +581,7 @@ def main():
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up lines, unless the user chose a level
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # every finished run is already in study.json: rerun the command to continue

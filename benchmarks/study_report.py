@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from study import CONTROLS, accuracy  # beside this file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -116,9 +118,10 @@ def results_table(data, state, summary):
         pt, pw = (p(t["p_ttest"]), p(t["p_wilcoxon"])) if t else ("—", "—")
         ph = p(holm[(arm, "sgd")]) if (arm, "sgd") in holm else "—"
         lines.append(f"| {arm} | {HYPOTHESES[arm]} | {_configuration(arm, state)} | {trial} "
-                     f"| {row['acc_mean']:.2f} ± {row['acc_std']:.2f}% | {diff} | {pt} | {pw} | {ph} | {row['seconds']:.1f} |")
-    for arm, control, what in (("h1_paper_zeros", "sgd_decay", "HTA beyond its decay"),
-                               ("h1_paper_init", "sgd_pull", "HTA beyond its pull to the initial weights")):
+                     f"| {accuracy(row)} | {diff} | {pt} | {pw} | {ph} | {row['seconds']:.1f} |")
+    beyond = {"sgd_decay": "HTA beyond its decay", "sgd_pull": "HTA beyond its pull to the initial weights"}
+    for control, arm in CONTROLS.items():
+        what = beyond[control]
         t = tests.get((arm, control))
         if t:
             lines += ["", f"{what}: {arm} − {control} {t['mean_diff']:+.2f} points "

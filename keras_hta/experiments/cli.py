@@ -15,9 +15,6 @@ import sys
 import tempfile
 import time
 
-# TensorFlow's C++ start-up lines, unless the user chose a level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def _anchor(text):
     if text in ("zeros", "init"):
@@ -288,6 +285,8 @@ def main(argv=None):
     # The command owns its process (it may set process-wide TensorFlow settings, `compare --threads`)
     # only when run as a program, not when Python code calls main([...]).
     args.own_process = argv is None
+    if args.own_process:  # TensorFlow's C++ start-up lines, unless the user chose a level
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_hta.experiments import DataUnavailableError
 
     try:
