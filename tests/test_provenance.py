@@ -72,3 +72,25 @@ def test_a_record_holds_command_code_versions_cpu_and_threads(monkeypatch):
     assert record["code"] == provenance.commit() and record["cpu"] == provenance.cpu()
     assert record["threads"]["TF_NUM_INTRAOP_THREADS"] == "3"
     assert record["versions"]["keras"] == importlib.metadata.version("keras")
+
+
+def test_a_script_of_another_checkout_makes_the_record_dirty_and_named(tmp_path, monkeypatch):
+    """A worktree's `python benchmarks/study.py`, with this tree's package installed in development mode, runs a
+    script this tree's commit does not describe: the record says dirty and names the script. This tree's own
+    scripts and a user's script are recorded as the commit says."""
+    other = tmp_path / "worktree" / "benchmarks" / "study.py"
+    other.parent.mkdir(parents=True)
+    other.write_text((ROOT / "benchmarks" / "study.py").read_text())
+    users = tmp_path / "train.py"
+    users.write_text("")
+    assert provenance.script_elsewhere(str(other)) == os.path.realpath(other)
+    assert provenance.script_elsewhere(str(ROOT / "benchmarks" / "study.py")) is None
+    assert provenance.script_elsewhere(str(users)) is None
+    assert provenance.script_elsewhere(str(tmp_path / "worktree" / "benchmarks" / "gone.py")) is None
+    if provenance.commit() is None:
+        pytest.skip("needs a git checkout")
+    monkeypatch.setattr("sys.argv", [str(other), "mnist1d-mlp"])
+    code = provenance.record()["code"]
+    assert code == {**provenance.commit(), "dirty": True, "script": os.path.realpath(other)}
+    monkeypatch.setattr("sys.argv", [str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp"])
+    assert provenance.record()["code"] == provenance.commit()

@@ -87,6 +87,24 @@ def commit():
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def script_elsewhere(argv0=None):
+    """The path of the script this process runs when it is one of this repository's scripts (`benchmarks/`,
+    `examples/`) taken from another checkout, else None.
+
+    `commit()` describes the tree the package was imported from; a script of
+    another checkout (a worktree running `benchmarks/study.py` with this tree's
+    package installed in development mode) runs code that commit does not
+    name, so the record calls that code dirty and names the script.
+    """
+    path = sys.argv[0] if argv0 is None and sys.argv else argv0
+    if not path or not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    real = os.path.realpath(path)
+    folder, name = os.path.split(os.path.dirname(real))[1], os.path.basename(real)
+    ours = folder in ("benchmarks", "examples") and os.path.isfile(os.path.join(ROOT, folder, name))
+    return real if ours and not real.startswith(os.path.realpath(ROOT) + os.sep) else None
+
+
 def thread_settings():
     """The thread and determinism settings a run had: the variables of `THREAD_ENV`, and TensorFlow's pools if started."""
     settings = {name: os.environ.get(name) for name in THREAD_ENV}
@@ -103,9 +121,12 @@ def record(command=None):
         load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         load = None
+    code, elsewhere = commit(), script_elsewhere()
+    if code is not None and elsewhere:
+        code = {**code, "dirty": True, "script": elsewhere}
     return {
         "command": command or " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-        "code": commit(),
+        "code": code,
         "versions": package_versions(),
         "python": platform.python_version(),
         "backend": os.environ.get("KERAS_BACKEND") or _configured_backend(),
