@@ -96,8 +96,9 @@ def main():
                 print(f"--threads {threads}, {environment} ...", flush=True)
                 run_case(args.out, threads, environment)
     table = render(args.out)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
+    from keras_hta.experiments import write_atomic
+
+    write_atomic(os.path.join(args.out, "table.md"), lambda f: f.write(table))
     print(table)
 
 

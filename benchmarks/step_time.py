@@ -191,15 +191,16 @@ def write_report(rows, out):
 
     os.makedirs(out, exist_ok=True)
     versions = package_versions()
-    with open(os.path.join(out, "step_time.json"), "w") as f:
-        command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
-        json.dump({"command": command, "versions": versions, "python": platform.python_version(),
-                   "cpus": os.cpu_count(), "provenance": common.provenance(command), "rows": rows}, f, indent=1)
+    from keras_hta.experiments import write_atomic
+
+    command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
+    saved = {"command": command, "versions": versions, "python": platform.python_version(), "cpus": os.cpu_count(),
+             "provenance": common.provenance(command), "rows": rows}
+    write_atomic(os.path.join(out, "step_time.json"), lambda f: json.dump(saved, f, indent=1))
     backends = sorted({r.get("backend", "tensorflow") for r in rows})
     rendered = render(rows)
     device = rows[0]["device"] if rows else "?"
-    with open(os.path.join(out, "step_time.md"), "w") as f:
-        f.write(rendered)
+    write_atomic(os.path.join(out, "step_time.md"), lambda f: f.write(rendered))
     from keras_hta.experiments.plots import pyplot
 
     plt = pyplot()

@@ -253,12 +253,11 @@ def write(result, out):
             saved = json.load(f)
     kind = "memory" if result["memory"] else "steps"
     saved[kind] = result
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(saved, f, indent=1)
-    os.replace(tmp, path)
-    with open(os.path.join(out, "twin_cost.md"), "w") as f:
-        f.write(render(saved) + ("\n" + render_memory_summary(saved) if saved.get("memory") else ""))
+    from keras_hta.experiments import write_atomic
+
+    write_atomic(path, lambda f: json.dump(saved, f, indent=1))
+    text = render(saved) + ("\n" + render_memory_summary(saved) if saved.get("memory") else "")
+    write_atomic(os.path.join(out, "twin_cost.md"), lambda f: f.write(text))
     print(render(saved))
 
 

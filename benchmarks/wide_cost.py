@@ -129,8 +129,9 @@ def main():
     with open(args.out) as f:
         result = json.load(f)
     table = render(result)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(table)
+    from keras_hta.experiments import write_atomic
+
+    write_atomic(os.path.splitext(args.out)[0] + ".md", lambda f: f.write(table))
     print(table)
 
 
