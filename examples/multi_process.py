@@ -102,31 +102,40 @@ def launch(args):
     del argv[i:i + (1 if "=" in argv[i] else 2)]
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--addresses", addresses,
                                "--process-id", str(k)]) for k in range(args.local)]
-    deadline = time.monotonic() + args.timeout
-    status = 0
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM to the launcher stops its processes, as Ctrl-C does
     try:
-        while any(p.poll() is None for p in procs) and not status:
-            status = next((p.returncode for p in procs if p.returncode), 0)
-            if not status and time.monotonic() > deadline:
-                print(f"multi_process: stopped after --timeout {args.timeout:g} s", file=sys.stderr)
-                status = 124
-            time.sleep(0.2)
-        status = status or next((p.returncode for p in procs if p.returncode), 0)
+        return _supervise(procs, time.monotonic() + args.timeout, args.timeout)
     except KeyboardInterrupt:
         print("multi_process: interrupted", file=sys.stderr)
-        status = 130
+        return 130
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    return status
+        _stop(procs)
+
+
+def _supervise(procs, deadline, timeout):
+    """Waits for `procs`: the first nonzero exit status, 124 past `deadline`, or 0 once all ended 0."""
+    while any(p.poll() is None for p in procs):
+        status = next((p.returncode for p in procs if p.returncode), 0)
+        if status:
+            return status
+        if time.monotonic() > deadline:
+            print(f"multi_process: stopped after --timeout {timeout:g} s", file=sys.stderr)
+            return 124
+        time.sleep(0.2)
+    return next((p.returncode for p in procs if p.returncode), 0)
+
+
+def _stop(procs):
+    """SIGTERM to each process still running, then up to 10 s each to end before it is killed."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def distribute(args, processes):
