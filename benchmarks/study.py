@@ -53,8 +53,9 @@ import os
 import sys
 import time
 
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import table  # beside this file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = {  # name: (compare config, model)
@@ -400,26 +401,26 @@ def markdown(name, args, state, rows, tests):
              f"accuracy, the mean over tuning seeds {', '.join(map(str, tuning_seeds(args)))}); final runs: seeds "
              f"1..{args.seeds}, test accuracy read once per run. Std: sample std over seeds (ddof=1).", "",
              f"Tuning: the best trial was the first in {len(best_first)} of {len(tuned_arms)} tuned arms"
-             + (f" ({', '.join(best_first)})." if best_first else "."), "",
-             "| arm | tuned configuration | best trial | seeds | test accuracy mean ± std | ROI vs SGD | s/run |",
-             "|---|---|---|---|---|---|---|"]
+             + (f" ({', '.join(best_first)})." if best_first else "."), ""]
+    arms = []
     for arm, row in rows.items():
         values = state["tuned"].get(arm, {}).get("values", {})
         conf = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         trial = f"{row['best_trial']} of {row['trials']}" if "trials" in row else "—"
         roi = f"{row['roi_vs_sgd']:+.2f}%" if "roi_vs_sgd" in row else "—"
-        lines.append(f"| {arm} | {conf or '(fixed, or the tuned SGD settings)'} | {trial} | {row['seeds']} "
-                     f"| {accuracy(row)} | {roi} | {row['seconds']:.1f} |")
+        arms.append([arm, conf or "(fixed, or the tuned SGD settings)", trial, row["seeds"], accuracy(row), roi,
+                     f"{row['seconds']:.1f}"])
+    lines += table(["arm", "tuned configuration", "best trial", "seeds", "test accuracy mean ± std", "ROI vs SGD",
+                    "s/run"], arms)
     lines += ["", "Paired comparisons (per-seed differences in test accuracy, points; p-values unadjusted, "
               "two-sided; MDE: the difference the paired t-test detects with power 0.8 at alpha 0.05 and the "
-              "observed sd of the differences; family: " + FAMILY_NOTE + "):", "",
-              "| arm − baseline | family | seeds | mean difference [95% CI] | sd of differences | paired t-test p "
-              "| Wilcoxon signed-rank p | MDE |", "|---|---|---|---|---|---|---|---|"]
-    for t in tests:
-        ci = f"{t['mean_diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]" if t["n"] > 1 else "—"
-        mde = f"{t['mde']:.2f}" if "mde" in t else "—"
-        lines.append(f"| {t['arm']} − {t['baseline']} | {'yes' if t['family'] else 'no'} | {t['n']} | {ci} "
-                     f"| {t['sd_diff']:.2f} | {p(t['p_ttest'])} | {p(t['p_wilcoxon'])} | {mde} |")
+              "observed sd of the differences; family: " + FAMILY_NOTE + "):", ""]
+    lines += table(["arm − baseline", "family", "seeds", "mean difference [95% CI]", "sd of differences",
+                    "paired t-test p", "Wilcoxon signed-rank p", "MDE"],
+                   [[f"{t['arm']} − {t['baseline']}", "yes" if t["family"] else "no", t["n"],
+                     f"{t['mean_diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]" if t["n"] > 1 else "—",
+                     f"{t['sd_diff']:.2f}", p(t["p_ttest"]), p(t["p_wilcoxon"]),
+                     f"{t['mde']:.2f}" if "mde" in t else "—"] for t in tests])
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,8 @@ import sys
 
 import numpy as np
 
-from study import CONTROLS, accuracy  # beside this file
+from common import table  # beside this file
+from study import CONTROLS, accuracy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,18 +60,17 @@ def markdown(result, flags=""):
              f"Family: {m} paired comparisons (every HTA arm against tuned SGD, and each control's HTA arm against "
              "the control) over all data sets; Holm–Bonferroni adjusts their paired t-test p-values together.",
              "", "Design sensitivity: MDE = the true mean difference in test accuracy (points) that the two-sided "
-             "paired t-test detects with power 0.8, at the median sd of the family's per-seed differences.", "",
-             "| data set | backend | seeds per arm | median sd of differences | MDE at alpha 0.05 "
-             f"| MDE at alpha 0.05/{m} (Holm's first step) |", "|---|---|---|---|---|---|"]
-    for name, d in result["designs"].items():
-        cells = [f"{d[k]:.2f}" if np.isfinite(d[k]) else "—" for k in ("median_sd_diff", "mde_05", "mde_holm")]
-        lines.append(f"| {name} | {d['backend']} | {d['seeds']} | " + " | ".join(cells) + " |")
-    lines += ["", "| data set | arm − baseline | seeds | mean difference [95% CI] | paired t-test p "
-              "| Wilcoxon signed-rank p | Holm-adjusted p (paired t) |", "|---|---|---|---|---|---|---|"]
-    for t in result["tests"]:
-        lines.append(f"| {t['data']} | {t['arm']} − {t['baseline']} | {t['n']} | {t['mean_diff']:+.2f} "
-                     f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}] | {p(t['p_ttest'])} | {p(t['p_wilcoxon'])} "
-                     f"| {p(t['p_holm'])} |")
+             "paired t-test detects with power 0.8, at the median sd of the family's per-seed differences.", ""]
+    lines += table(["data set", "backend", "seeds per arm", "median sd of differences", "MDE at alpha 0.05",
+                    f"MDE at alpha 0.05/{m} (Holm's first step)"],
+                   [[name, d["backend"], d["seeds"]] + [f"{d[k]:.2f}" if np.isfinite(d[k]) else "—"
+                                                        for k in ("median_sd_diff", "mde_05", "mde_holm")]
+                    for name, d in result["designs"].items()])
+    lines += [""] + table(["data set", "arm − baseline", "seeds", "mean difference [95% CI]", "paired t-test p",
+                           "Wilcoxon signed-rank p", "Holm-adjusted p (paired t)"],
+                          [[t["data"], f"{t['arm']} − {t['baseline']}", t["n"],
+                            f"{t['mean_diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]", p(t["p_ttest"]),
+                            p(t["p_wilcoxon"]), p(t["p_holm"])] for t in result["tests"]])
     return "\n".join(lines) + "\n"
 
 
@@ -109,16 +109,17 @@ def results_table(data, state, summary):
 
     holm = {(t["arm"], t["baseline"]): t["p_holm"] for t in summary["tests"] if t["data"] == data}
     tests = {(t["arm"], t["baseline"]): t for t in state["tests"]}
-    lines = ["| arm | hypothesis | tuned configuration | best trial | test accuracy mean ± std | − SGD, points [95% CI] "
-             "| paired t p | Wilcoxon p | Holm p | s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for arm, row in state["summary"].items():
         trial = f"{row['best_trial']} of {row['trials']}" if "trials" in row else "—"
         t = tests.get((arm, "sgd"))
         diff = f"{t['mean_diff']:+.2f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]" if t else "—"
         pt, pw = (p(t["p_ttest"]), p(t["p_wilcoxon"])) if t else ("—", "—")
         ph = p(holm[(arm, "sgd")]) if (arm, "sgd") in holm else "—"
-        lines.append(f"| {arm} | {HYPOTHESES[arm]} | {_configuration(arm, state)} | {trial} "
-                     f"| {accuracy(row)} | {diff} | {pt} | {pw} | {ph} | {row['seconds']:.1f} |")
+        rows.append([arm, HYPOTHESES[arm], _configuration(arm, state), trial, accuracy(row), diff, pt, pw, ph,
+                     f"{row['seconds']:.1f}"])
+    lines = table(["arm", "hypothesis", "tuned configuration", "best trial", "test accuracy mean ± std",
+                   "− SGD, points [95% CI]", "paired t p", "Wilcoxon p", "Holm p", "s/run"], rows)
     beyond = {"sgd_decay": "HTA beyond its decay", "sgd_pull": "HTA beyond its pull to the initial weights"}
     for control, arm in CONTROLS.items():
         what = beyond[control]
