@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The paper's experiments as run for benchmarks/RESULTS.md: about 20 minutes on 2 cores (the two nonconvex commands
-# 16.5 of them, the seconds their JSON records; the two compare runs about 3).
+# The paper's experiments as run for benchmarks/RESULTS.md. The two nonconvex commands take most of the time: their
+# runs record each solver's seconds (34 minutes in all for the committed ones, made while two studies shared the
+# 2 cores; their Markdown prints the wall time per n); the two compare runs take a few minutes.
 # Outputs land in benchmarks/results/. CIFAR-10 path: first argument, default ../shared/datasets/cifar10-jpeg.tar.gz
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -628,7 +628,7 @@ def test_every_figure_in_the_prose_of_readme_results_and_the_harness_docstrings_
 # Results files made before their scripts recorded where a run came from; each is to be rerun (issue #45) and
 # leaves this list when it is. RESULTS says so where it quotes them.
 PREDATES_PROVENANCE = {
-    "nonconvex.json", "nonconvex_anchors.json", "step_time.json", "twin_cost.json", "torch_profile.json",
+    "step_time.json", "twin_cost.json", "torch_profile.json",
     "wide_cost.json", "pipeline_speed.json", "study-cifar10/study.json", "study-mnist1d-cnn/study.json",
     "study-mnist1d-mlp/study.json",
 }
