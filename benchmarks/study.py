@@ -507,6 +507,12 @@ def run(args, state, out, d, config, deadline):
 
     path = os.path.join(out, "study.json")
     command = f"KERAS_BACKEND={state['backend']} python benchmarks/study.py " + " ".join(sys.argv[1:])
+    started = []
+
+    def piece():  # before this process's first unit of work: where the piece's tuning trials came from
+        if not started:
+            started.append(True)
+            state.setdefault("pieces", []).append({"provenance": provenance.record(command)})
 
     def tuned_values(arm):
         if not tunable(arm):  # sgd_2x, sgd_constant
@@ -516,6 +522,7 @@ def run(args, state, out, d, config, deadline):
             trials = trials_from_folder(folder)  # a study from before trials were recorded in study.json
             state["tuned"][arm].update(trials=trials, best=best_trial(trials))
         if arm not in state["tuned"]:
+            piece()
             print(f"tuning {arm} ...", flush=True)
             trials, best = tune(arm, d, config, args, state["tuned"].get("sgd", {}).get("values"), out, deadline)
             state["tuned"][arm] = {"values": trials[best]["values"], "val_accuracy": trials[best]["val_accuracy"],
@@ -532,6 +539,7 @@ def run(args, state, out, d, config, deadline):
                 continue
             epochs = 2 * args.epochs if arm == "sgd_2x" else args.epochs
             deadline.check()
+            piece()
             record = deadline.timed(lambda: train(arm, FixedHP(values[arm]), d, config, seed, epochs, sgd,
                                                   final=True))
             runs.append({"seed": seed, **record, "provenance": provenance.record(command)})

@@ -72,7 +72,9 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     again = run_bounded(command, capture_output=True, text=True, env=env)
     progress = [line for line in again.stdout.splitlines() if line.startswith(("tuning ", "  final "))]
     assert again.returncode == 0 and progress == []
-    assert json.loads((tmp_path / "study.json").read_text())["summary"] == rows
+    again_state = json.loads((tmp_path / "study.json").read_text())
+    assert again_state["summary"] == rows
+    assert again_state["pieces"] == state["pieces"] and len(state["pieces"]) == 1  # no work: no piece recorded
     # The report adjusts the family's paired t-test p-values together (Holm).
     report = run_bounded([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(tmp_path)],
                             capture_output=True, text=True, env=env)
@@ -135,6 +137,10 @@ def test_study_in_pieces_by_stop_after_equals_the_study_in_one_run(tmp_path):
     assert finals == [("sgd", "1"), ("h1_paper_zeros", "1"), ("sgd", "2"), ("h1_paper_zeros", "2")]
     one, parts = (json.loads((tmp_path / name / "study.json").read_text()) for name in ("whole", "pieces"))
     assert one["tuning_seeds"] == parts["tuning_seeds"] == [1001]  # --tuning-seeds 1: the first tuning seed
+    # Each piece records where its work came from (tuning trials included, which keras-tuner's files do not).
+    assert len(one["pieces"]) == 1 and len(parts["pieces"]) == 8
+    assert all(p["provenance"]["code"]["commit"] and "--stop-after" in p["provenance"]["command"]
+               for p in parts["pieces"])
     for arm in ("sgd", "h1_paper_zeros"):
         assert parts["tuned"][arm] == one["tuned"][arm]  # every trial's values and score, and the best
         same = ("seed", "test_accuracy", "val_accuracy", "val_curve")
