@@ -360,6 +360,7 @@ def summarize(state, arms):
 
     finals, rows = state["finals"], {}
     by_seed = {arm: {r["seed"]: 100 * r["test_accuracy"] for r in finals[arm]} for arm in arms if finals.get(arm)}
+    val = {arm: {r["seed"]: 100 * r["val_accuracy"] for r in finals[arm]} for arm in by_seed}
     for arm in arms:
         runs = finals.get(arm, [])
         if runs:
@@ -381,6 +382,7 @@ def summarize(state, arms):
         row = stats.paired([by_seed[arm][s] for s in seeds], [by_seed[base][s] for s in seeds])
         if row["n"] >= 2 and row["sd_diff"] > 0:
             row["mde"] = stats.paired_mde(row["sd_diff"], row["n"])
+        row["val_mean_diff"] = float(np.mean([val[arm][s] - val[base][s] for s in seeds])) if seeds else float("nan")
         tests.append({"arm": arm, "baseline": base, "family": family, **row})
     return rows, tests
 
@@ -443,14 +445,17 @@ def parse_arguments(argv=None):
                         "CIFAR-10 tarball)")
     parser.add_argument("--width", type=float, help="cifar10 only: VGG11-BN's width multiplier (default 0.125)")
     parser.add_argument("--val-size", type=int, help="cifar10 only: validation images held out (default 5000)")
+    parser.add_argument("--check-seeds", type=int, metavar="K",
+                        help=f"the checks {', '.join(EXTRA_ROWS)} (SGD's settings: twice the epochs, a constant rate) "
+                        "run on seeds 1..K only (default: every seed)")
     parser.add_argument("--stop-after", type=float, metavar="SECONDS",
                         help="end cleanly before a trial or run that would not finish within SECONDS of the start "
                              "(the longest one so far is the estimate; the first always runs); the same command "
                              "continues the study")
     args = parser.parse_args(argv)
-    for flag in ("trials", "epochs", "seeds"):
-        if getattr(args, flag) < 1:
-            parser.error(f"argument --{flag} must be >= 1. Received: {getattr(args, flag)}")
+    for flag in ("trials", "epochs", "seeds", "check_seeds"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"argument --{flag.replace('_', '-')} must be >= 1. Received: {getattr(args, flag)}")
     for flag in ("data_dir", "width", "val_size"):
         if getattr(args, flag) is not None and args.data != "cifar10":
             parser.error(f"argument --{flag.replace('_', '-')} applies to cifar10 only. Received: {args.data}")
@@ -535,7 +540,7 @@ def run(args, state, out, d, config, deadline):
     for seed in range(1, args.seeds + 1):  # seed by seed: a study stopped part way has every arm on the same seeds
         for arm in args.arms:
             runs = state["finals"].setdefault(arm, [])
-            if any(r["seed"] == seed for r in runs):
+            if any(r["seed"] == seed for r in runs) or (arm in EXTRA_ROWS and seed > (args.check_seeds or seed)):
                 continue
             epochs = 2 * args.epochs if arm == "sgd_2x" else args.epochs
             deadline.check()

@@ -74,6 +74,7 @@ def markdown(result, flags=""):
     return "\n".join(lines) + "\n"
 
 
+PLATEAU = 0.3  # points on validation: SGD is at its plateau if twice the epochs gain less (issue #45)
 HYPOTHESES = {
     "sgd": "baseline", "sgd_ema": "baseline", "sgd_constant": "constant learning rate",
     "sgd_2x": "control: same compute (2× epochs)", "sgd_decay": "control: HTA's zero-anchor decay",
@@ -128,6 +129,11 @@ def results_table(data, state, summary):
             lines += ["", f"{what}: {arm} − {control} {t['mean_diff']:+.2f} points "
                           f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}], paired t p {p(t['p_ttest'])}, Wilcoxon p "
                           f"{p(t['p_wilcoxon'])}, Holm p {p(holm[(arm, control)])}, {t['n']} seeds."]
+    t = tests.get(("sgd_2x", "sgd"))
+    if t and "val_mean_diff" in t:  # studies since the plateau check; earlier ones recorded no validation difference
+        verdict = "below" if t["val_mean_diff"] < PLATEAU else "not below"
+        lines += ["", f"Plateau check: sgd_2x − sgd on validation {t['val_mean_diff']:+.2f} points over {t['n']} "
+                      f"seeds, {verdict} {PLATEAU} (SGD at its plateau: twice the epochs gain less)."]
     return "\n".join(lines) + "\n"
 
 

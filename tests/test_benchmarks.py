@@ -39,7 +39,7 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     command = [sys.executable, str(ROOT / "benchmarks" / "study.py"), "mnist1d-mlp", "--trials", "2", "--epochs", "1",
                "--seeds", "3", "--train-size", "256", "--arms", "sgd", "sgd_ema", "h1_paper_zeros", "h3_elastic_split",
-               "sgd_2x", "sgd_decay", "--out", str(tmp_path)]
+               "sgd_2x", "sgd_decay", "--check-seeds", "2", "--out", str(tmp_path)]
     out = run_bounded(command, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     state = json.loads((tmp_path / "study.json").read_text())
@@ -58,7 +58,7 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     accs = {arm: {r["seed"]: 100 * r["test_accuracy"] for r in state["finals"][arm]} for arm in rows}
     for arm, row in rows.items():
         values = list(accs[arm].values())
-        assert row["acc_mean"] == pytest.approx(np.mean(values)) and len(values) == 3
+        assert row["acc_mean"] == pytest.approx(np.mean(values)) and len(values) == (2 if arm == "sgd_2x" else 3)
         assert row["acc_std"] == pytest.approx(np.std(values, ddof=1))
     sgd, hta = rows["sgd"]["err_mean"], rows["h3_elastic_split"]["err_mean"]
     assert rows["h3_elastic_split"]["roi_vs_sgd"] == pytest.approx(100 * (sgd - hta) / sgd)
@@ -68,6 +68,12 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     diffs = [accs["h3_elastic_split"][s] - accs["sgd"][s] for s in (1, 2, 3)]  # paired by seed
     assert tests[("h3_elastic_split", "sgd")]["mean_diff"] == pytest.approx(np.mean(diffs))
     assert tests[("h3_elastic_split", "sgd")]["sd_diff"] == pytest.approx(np.std(diffs, ddof=1))
+    # The plateau check (--check-seeds 2): sgd_2x on seeds 1-2, against SGD on the same seeds, on validation too.
+    val = {arm: {r["seed"]: 100 * r["val_accuracy"] for r in state["finals"][arm]} for arm in ("sgd", "sgd_2x")}
+    check = tests[("sgd_2x", "sgd")]
+    assert check["n"] == 2 and check["mean_diff"] == pytest.approx(np.mean([accs["sgd_2x"][s] - accs["sgd"][s]
+                                                                            for s in (1, 2)]))
+    assert check["val_mean_diff"] == pytest.approx(np.mean([val["sgd_2x"][s] - val["sgd"][s] for s in (1, 2)]))
     # Resumable: a second call trains nothing new and reports the same table.
     again = run_bounded(command, capture_output=True, text=True, env=env)
     progress = [line for line in again.stdout.splitlines() if line.startswith(("tuning ", "  final "))]
@@ -90,6 +96,9 @@ def test_study_script_tunes_runs_and_reports_consistent_numbers(tmp_path):
     p = sorted(t["p_ttest"] for t in family)
     assert summary["family_size"] == 3
     assert min(t["p_holm"] for t in summary["tests"]) == pytest.approx(min(1.0, 3 * p[0]))
+    study_report = benchmark_script("study_report")
+    line = f"Plateau check: sgd_2x − sgd on validation {check['val_mean_diff']:+.2f} points over 2 seeds, "
+    assert line in study_report.results_table("mlp", state, summary)
 
 
 def _tiny_image_folder(root, classes=3, train=8, test=4, size=32):
@@ -171,6 +180,7 @@ def test_study_report_gives_no_mde_where_no_difference_varies(tmp_path):
 @pytest.mark.parametrize("flags, named", [(["--out", "FILE/x"], "--out"), (["--trials", "0"], "--trials"),
                                           (["--out", "OLD"], "earlier protocol"),
                                           (["--tuning-seeds", "4"], "--tuning-seeds"),
+                                          (["--check-seeds", "0"], "--check-seeds"),
                                           (["--out", "TUNED", "--tuning-seeds", "1"], "--tuning-seeds 1")])
 def test_study_script_refuses_bad_input_in_one_line(tmp_path, flags, named):
     (tmp_path / "FILE").write_text("")
