@@ -9,7 +9,7 @@ Protocol, per data set:
      leaves free (the L schedule, the anchor, the split). A trial's score is
      the validation accuracy of the model as it would be deployed (θ, the EMA
      weights, or the merged average), averaged over the tuning seeds
-     `TUNING_SEEDS`, which no final run uses. Each arm's trials are kept in
+     (the first `--tuning-seeds` of `TUNING_SEEDS`), which no final run uses. Each arm's trials are kept in
      order, so the report says which trial won.
   2. Final runs of each arm's best configuration with seeds 1..`--seeds`; a
      seed gives every arm the same initial weights and batches, so arms are
